@@ -1,0 +1,336 @@
+"""MSAL applications, the persisted token cache, and one real token refresh per run.
+
+Knows nothing of metrics. `MailboxAuth.refresh()` either returns a fresh `Token` or raises
+`CheckFailed` with the contract's reason word, the AADSTS code and a remediation hint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import ssl
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import msal
+import requests
+from msal_extensions import FilePersistence, PersistedTokenCache
+
+from exporter.config import MailboxConfig, read_secret
+from exporter.errors import SecretError, StateError
+from exporter.failures import CheckFailed, Failure, classify_token_error, fail, scrub
+
+log = logging.getLogger(__name__)
+
+# Hosts MSAL knows; any other authority_host gets instance discovery turned off so that
+# no request ever goes to login.microsoftonline.com for it.
+_MICROSOFT_HOSTS = frozenset(
+    {
+        "login.microsoftonline.com",
+        "login.microsoftonline.us",
+        "login.chinacloudapi.cn",
+        "login.partner.microsoftonline.cn",
+        "login.windows.net",
+        "login.microsoft.com",
+        "sts.windows.net",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    access_token: str
+    expires_at: float  # unix time
+
+    def __repr__(self) -> str:  # never print the token itself
+        return f"Token(expires_at={self.expires_at:.0f})"
+
+
+class HttpSession(requests.Session):
+    """A requests session for MSAL with a fixed trust store and timeout.
+
+    requests lets REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE override `Session.verify` unless `verify`
+    is passed per request, so it is passed per request here. The last response's status and
+    Retry-After are kept for classification (MSAL hides them).
+    """
+
+    def __init__(self, verify: str | bool, timeout: float) -> None:
+        super().__init__()
+        self.verify = verify
+        self.default_timeout = timeout
+        self.last_status: int | None = None
+        self.last_retry_after: float | None = None
+        self.hooks["response"].append(self._remember)
+
+    def request(
+        self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
+    ) -> requests.Response:
+        kwargs.setdefault("verify", self.verify)
+        kwargs.setdefault("timeout", self.default_timeout)
+        return super().request(method, url, *args, **kwargs)
+
+    def _remember(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        self.last_status = response.status_code
+        retry_after = response.headers.get("Retry-After", "")
+        self.last_retry_after = float(retry_after) if retry_after.isdigit() else None
+
+    def forget(self) -> None:
+        self.last_status = None
+        self.last_retry_after = None
+
+
+def system_ca_file() -> str | None:
+    paths = ssl.get_default_verify_paths()
+    for candidate in (paths.cafile, "/etc/ssl/certs/ca-certificates.crt"):
+        if candidate and os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def combined_ca_bundle(ca_file: Path, state_dir: Path) -> str:
+    """A PEM bundle of the system CAs plus `ca_file`, for requests (which takes one path)."""
+    extra = ca_file.read_bytes()
+    system = system_ca_file()
+    system_pem = Path(system).read_bytes() if system else b""
+    digest = hashlib.sha256(system_pem + extra).hexdigest()[:16]
+    bundle = state_dir / f"ca-bundle-{digest}.pem"
+    if not bundle.exists():
+        _atomic_write(bundle, system_pem + b"\n" + extra, 0o644)
+    return str(bundle)
+
+
+def tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """System trust plus the mailbox's extra CA, for IMAP and SMTP."""
+    context = ssl.create_default_context()
+    if ca_file is not None:
+        context.load_verify_locations(cafile=str(ca_file))
+    return context
+
+
+def _atomic_write(path: Path, data: bytes, mode: int) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class AtomicFilePersistence(FilePersistence):  # type: ignore[misc]
+    """msal-extensions' file persistence, written by atomic replace with mode 0600.
+
+    A crash mid-write leaves the previous cache, never a torn file.
+    """
+
+    def save(self, content: str) -> None:
+        _atomic_write(Path(self.get_location()), content.encode("utf-8"), 0o600)
+
+
+def ensure_state_dir(state_dir: Path) -> None:
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (state_dir / "tokens").mkdir(mode=0o700, exist_ok=True)
+    except OSError as err:
+        raise StateError(f"state_dir {state_dir}: {err.strerror}") from err
+
+
+def token_cache(state_dir: Path, mailbox: str) -> PersistedTokenCache:
+    """The mailbox's token cache file, shared safely by `serve` and `login` (file lock)."""
+    ensure_state_dir(state_dir)
+    location = state_dir / "tokens" / f"{mailbox}.json"
+    return PersistedTokenCache(AtomicFilePersistence(str(location)))
+
+
+def _certificate_credential(pem: str) -> dict[str, str]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    start = pem.index("-----BEGIN CERTIFICATE-----")
+    end = pem.index("-----END CERTIFICATE-----") + len("-----END CERTIFICATE-----")
+    certificate_pem = pem[start:end]
+    certificate = x509.load_pem_x509_certificate(certificate_pem.encode())
+    return {
+        "private_key": pem,
+        "thumbprint": certificate.fingerprint(hashes.SHA1()).hex(),  # noqa: S303 - Entra's x5t
+        "public_certificate": certificate_pem,
+    }
+
+
+class MailboxAuth:
+    """One mailbox's MSAL application and token cache, kept across runs.
+
+    Not thread-safe by design: the scheduler never runs one mailbox twice at once.
+    """
+
+    def __init__(self, mailbox: MailboxConfig, state_dir: Path) -> None:
+        self.mailbox = mailbox
+        self.state_dir = state_dir
+        verify: str | bool = True
+        if mailbox.ca_file is not None:
+            ensure_state_dir(state_dir)
+            verify = combined_ca_bundle(mailbox.ca_file, state_dir)
+        self.session = HttpSession(verify, mailbox.timeout)
+        self.cache = token_cache(state_dir, mailbox.name)
+        self._app: msal.ClientApplication | None = None
+        self._app_secret_digest = ""
+        self._lock = threading.Lock()
+
+    # -- application -------------------------------------------------------------------------
+    def _secret(self) -> str:
+        try:
+            return read_secret(self.mailbox.auth)
+        except SecretError as err:
+            raise fail("invalid_client", str(err), hint="Fix the secret file or variable.") from err
+
+    def _application(self, secret: str) -> msal.ClientApplication:
+        """Build (or reuse) the MSAL application. The constructor fetches OIDC discovery."""
+        digest = hashlib.sha256(secret.encode()).hexdigest()
+        same_secret = not self.mailbox.auth.app_only or digest == self._app_secret_digest
+        if self._app is not None and same_secret:
+            return self._app
+        mailbox = self.mailbox
+        host = urlsplit(mailbox.authority_host).hostname or ""
+        common: dict[str, Any] = {
+            "authority": mailbox.authority,
+            "token_cache": self.cache,
+            "http_client": self.session,
+            "instance_discovery": host in _MICROSOFT_HOSTS,
+            "timeout": mailbox.timeout,
+        }
+        credential: str | dict[str, str]
+        try:
+            if mailbox.auth.app_only:
+                credential = (
+                    _certificate_credential(secret)
+                    if mailbox.auth.flow == "client_certificate"
+                    else secret
+                )
+                app: msal.ClientApplication = msal.ConfidentialClientApplication(
+                    mailbox.client_id, client_credential=credential, **common
+                )
+            else:
+                app = msal.PublicClientApplication(mailbox.client_id, **common)
+        except ValueError as err:  # MSAL reports a bad authority/OIDC answer as ValueError
+            raise _network_failure(err, self.session) from err
+        except requests.RequestException as err:
+            raise _network_failure(err, self.session) from err
+        self._app = app
+        self._app_secret_digest = digest
+        return app
+
+    # -- the token check ---------------------------------------------------------------------
+    def refresh(self) -> Token:
+        """Obtain a new access token from the network, never from the cache."""
+        with self._lock:
+            secret = self._secret()
+            self.session.forget()
+            app = self._application(secret)
+            try:
+                result = self._acquire(app, secret)
+            except requests.RequestException as err:
+                raise _network_failure(err, self.session) from err
+            except (ValueError, msal.exceptions.MsalError) as err:
+                raise _network_failure(err, self.session) from err
+            return self._token_from(result)
+
+    def _acquire(self, app: msal.ClientApplication, secret: str) -> dict[str, Any] | None:
+        mailbox = self.mailbox
+        scopes = list(mailbox.scopes)
+        if isinstance(app, msal.ConfidentialClientApplication):
+            app.remove_tokens_for_client()  # a cached app token does not count
+            result: dict[str, Any] | None = app.acquire_token_for_client(scopes)
+            return result
+        account = self._account(app)
+        result = None
+        if account is not None:
+            result = app.acquire_token_silent_with_error(scopes, account, force_refresh=True)
+            if result is not None and "access_token" in result:
+                return result
+        if mailbox.auth.flow == "password" and _may_fall_back_to_password(result):
+            # ROPC: no refresh token yet, or it expired/was revoked: sign in with the password.
+            self.session.forget()
+            result = app.acquire_token_by_username_password(mailbox.username, secret, scopes)
+        return result
+
+    def _account(self, app: msal.ClientApplication) -> dict[str, Any] | None:
+        accounts = app.get_accounts(username=self.mailbox.username)
+        return accounts[0] if accounts else None
+
+    def _token_from(self, result: dict[str, Any] | None) -> Token:
+        if result is None:
+            raise fail(
+                "interaction_required",
+                "no signed-in account in the token cache",
+                hint=f"Run `o365-mailbox-exporter login --mailbox {self.mailbox.name}` "
+                "to sign in with a device code.",
+            )
+        if "access_token" not in result:
+            failure = classify_token_error(
+                result, self.session.last_status, self.session.last_retry_after
+            )
+            raise CheckFailed(failure)
+        expires_in = float(result.get("expires_in", 0))
+        return Token(result["access_token"], time.time() + expires_in)
+
+    # -- `login`: device code ----------------------------------------------------------------
+    def device_code_login(self, show: Callable[[str], None]) -> Token:
+        """Interactive device-code sign-in; seeds the token cache with a refresh token."""
+        app = self._application("")
+        flow = app.initiate_device_flow(scopes=list(self.mailbox.scopes))
+        if "user_code" not in flow:
+            raise CheckFailed(classify_token_error(flow, self.session.last_status))
+        show(str(flow["message"]))
+        result = app.acquire_token_by_device_flow(flow)
+        return self._token_from(result)
+
+
+def _may_fall_back_to_password(result: dict[str, Any] | None) -> bool:
+    if result is None or "access_token" in result:
+        return True
+    failure = classify_token_error(result)
+    return failure.reason == "invalid_grant"
+
+
+def _network_failure(err: BaseException, session: HttpSession) -> CheckFailed:
+    """Classify an exception raised while talking to the authority."""
+    status = session.last_status
+    if isinstance(err, requests.exceptions.SSLError):
+        return fail("tls", f"TLS to the authority failed: {err}")
+    if isinstance(err, requests.exceptions.Timeout):
+        return fail("timeout", "the authority did not answer in time")
+    if isinstance(err, requests.exceptions.ConnectionError):
+        return fail("connection", f"cannot reach the authority: {_first_line(err)}")
+    if status == 429:
+        return fail("throttled", "the authority is throttling requests", code="429")
+    if status is not None and status >= 500:
+        return fail("unknown", f"the authority answered HTTP {status}", code=str(status))
+    return fail("protocol", f"unexpected answer from the authority: {_first_line(err)}")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).splitlines()
+    return scrub(text[0]) if text else type(err).__name__
+
+
+__all__ = [
+    "AtomicFilePersistence",
+    "Failure",
+    "HttpSession",
+    "MailboxAuth",
+    "Token",
+    "ensure_state_dir",
+    "tls_context",
+    "token_cache",
+]

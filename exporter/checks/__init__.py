@@ -1,0 +1,80 @@
+"""The checks: one function per check with one signature, and an explicit name -> check table.
+
+A check takes the run's `RunContext`, does its network work through `auth`/`imap`, and either
+returns its measurement (or None) or raises `CheckFailed`. Checks run in the table's order;
+a check whose prerequisite did not pass is reported as failed with reason `dependency`.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from exporter.auth import MailboxAuth, Token
+from exporter.config import MailboxConfig
+from exporter.imap import FolderStatus, ImapSession
+
+
+@dataclass(frozen=True, slots=True)
+class TokenMeasurement:
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class FolderMeasurement:
+    folder: str  # the role: inbox, junk, sent
+    messages: int
+    unseen: int | None
+    oldest_timestamp: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class OversizedMeasurement:
+    folder: str
+    count: int
+    largest_bytes: int
+
+
+Measurement = TokenMeasurement | FolderMeasurement | OversizedMeasurement
+
+
+@dataclass
+class RunContext:
+    """What one mailbox run shares between its checks. Lives for one run only."""
+
+    mailbox: MailboxConfig
+    auth: MailboxAuth
+    tls: ssl.SSLContext
+    token: Token | None = None
+    imap: ImapSession | None = None
+    inbox_status: FolderStatus | None = None
+    extras: dict[str, object] = field(default_factory=dict)
+
+    def session(self) -> ImapSession:
+        assert self.imap is not None, "imap_login runs before every IMAP check"
+        return self.imap
+
+
+CheckFunc = Callable[[RunContext], Measurement | None]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckSpec:
+    run: CheckFunc
+    needs: str | None  # the check that must have passed in this run first
+
+
+def _table() -> dict[str, CheckSpec]:
+    from exporter.checks import imap_login, inbox, junk, oversized, token
+
+    return {
+        "token": CheckSpec(token.check_token, needs=None),
+        "imap_login": CheckSpec(imap_login.check_imap_login, needs="token"),
+        "inbox": CheckSpec(inbox.check_inbox, needs="imap_login"),
+        "oversized": CheckSpec(oversized.check_oversized, needs="imap_login"),
+        "junk": CheckSpec(junk.check_junk, needs="imap_login"),
+    }
+
+
+CHECKS: dict[str, CheckSpec] = _table()

@@ -1,0 +1,264 @@
+"""Command line: argument parsing and wiring only.
+
+    o365-mailbox-exporter [serve] --config.file=F [--web.listen-address=:9865] [--log.level=info]
+    o365-mailbox-exporter check --config.file=F [--mailbox NAME] [--output table|json]
+    o365-mailbox-exporter --config.check --config.file=F
+    o365-mailbox-exporter login --config.file=F --mailbox NAME
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+
+from exporter import __version__
+from exporter.checks import FolderMeasurement, OversizedMeasurement, TokenMeasurement
+from exporter.collector import MailboxCollector
+from exporter.config import Config, MailboxConfig, load_config
+from exporter.errors import ConfigError, ExporterError
+from exporter.failures import CheckFailed
+from exporter.logs import LEVELS, setup_logging
+from exporter.results import CheckResult
+from exporter.runner import MailboxRunner, Watchdog
+from exporter.service import Service
+from exporter.web import ExporterApp, make_http_server
+
+log = logging.getLogger("exporter")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+COMMANDS = ("serve", "check", "login")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # usage errors exit 2 with one line, no traceback
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser(command: str) -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=f"o365-mailbox-exporter {command}" if command != "serve" else "o365-mailbox-exporter",
+        description="Prometheus exporter for Microsoft 365 service-desk mailboxes.",
+    )
+    parser.add_argument("--config.file", dest="config_file", required=True, metavar="FILE")
+    parser.add_argument("--log.level", dest="log_level", choices=LEVELS, default="info")
+    parser.add_argument("--log.format", dest="log_format", choices=("logfmt", "json"),
+                        default="logfmt")
+    parser.add_argument("--version", action="version", version=__version__)
+    if command == "serve":
+        parser.add_argument("--web.listen-address", dest="listen", default=":9865",
+                            metavar="HOST:PORT")
+        parser.add_argument("--config.check", dest="config_check", action="store_true",
+                            help="validate the config file and exit (0 valid, 2 invalid)")
+        parser.add_argument("--checks.max-concurrency", dest="max_concurrency", type=int,
+                            default=16, help="mailbox runs at once (default 16)")
+    if command == "check":
+        parser.add_argument("--mailbox", metavar="NAME")
+        parser.add_argument("--output", choices=("table", "json"), default="table")
+    if command == "login":
+        parser.add_argument("--mailbox", metavar="NAME", required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    command = "serve"
+    if args_list and args_list[0] in COMMANDS:
+        command = args_list.pop(0)
+    args = build_parser(command).parse_args(args_list)
+    setup_logging(args.log_level, args.log_format)
+    try:
+        config = load_config(args.config_file)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if command == "check":
+            return run_check(config, args.mailbox, args.output)
+        if command == "login":
+            return run_login(config, args.mailbox)
+        if args.config_check:
+            print(f"{args.config_file}: ok ({len(config.mailboxes)} mailboxes)", file=sys.stderr)
+            return EXIT_OK
+        return serve(config, Path(args.config_file), args.listen, args.max_concurrency)
+    except ExporterError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _select(config: Config, name: str | None) -> list[MailboxConfig] | None:
+    if name is None:
+        return list(config.mailboxes)
+    try:
+        return [config.mailbox(name)]
+    except KeyError:
+        names = ", ".join(m.name for m in config.mailboxes)
+        print(f"error: --mailbox {name}: no such mailbox (have: {names})", file=sys.stderr)
+        return None
+
+
+# -- check ------------------------------------------------------------------------------------
+def run_check(config: Config, mailbox_name: str | None, output: str) -> int:
+    mailboxes = _select(config, mailbox_name)
+    if mailboxes is None:
+        return EXIT_USAGE
+    watchdog = Watchdog()
+
+    def run_one(mailbox: MailboxConfig) -> list[CheckResult]:
+        return MailboxRunner(mailbox, config.state_dir, watchdog).run(lambda _r: None)
+
+    with ThreadPoolExecutor(max_workers=min(8, len(mailboxes))) as pool:
+        outcomes = list(zip(mailboxes, pool.map(run_one, mailboxes), strict=True))
+    passed = all(r.success for _m, results in outcomes for r in results)
+    if output == "json":
+        document = {
+            "success": passed,
+            "mailboxes": [
+                {"mailbox": m.name, "checks": [_result_json(r) for r in results]}
+                for m, results in outcomes
+            ],
+        }
+        print(json.dumps(document, indent=2))
+    else:
+        print(_table(outcomes))
+    return EXIT_OK if passed else EXIT_FAILED
+
+
+def _measurement_json(result: CheckResult) -> dict[str, Any]:
+    m = result.measurement
+    if isinstance(m, TokenMeasurement):
+        return {"token_expiry_timestamp_seconds": round(m.expires_at)}
+    if isinstance(m, FolderMeasurement):
+        return {
+            "folder": m.folder,
+            "messages": m.messages,
+            "unseen_messages": m.unseen,
+            "oldest_message_timestamp_seconds": m.oldest_timestamp,
+        }
+    if isinstance(m, OversizedMeasurement):
+        return {"folder": m.folder, "oversized_messages": m.count, "largest_bytes": m.largest_bytes}
+    return {}
+
+
+def _result_json(result: CheckResult) -> dict[str, Any]:
+    failure = result.failure
+    return {
+        "check": result.check,
+        "success": result.success,
+        "duration_seconds": round(result.duration_seconds, 4),
+        "reason": failure.reason if failure else None,
+        "code": failure.code if failure else None,
+        "message": failure.message if failure else None,
+        "hint": failure.remediation if failure else None,
+        **_measurement_json(result),
+    }
+
+
+def _iso(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "none"
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _summary(result: CheckResult) -> str:
+    m = result.measurement
+    if isinstance(m, TokenMeasurement):
+        return f"token valid until {_iso(m.expires_at)}"
+    if isinstance(m, FolderMeasurement):
+        unseen = f", {m.unseen} unseen" if m.unseen is not None else ""
+        return f"{m.messages} messages{unseen}, oldest {_iso(m.oldest_timestamp)}"
+    if isinstance(m, OversizedMeasurement):
+        return f"{m.count} oversized, largest {m.largest_bytes} bytes"
+    return ""
+
+
+def _table(outcomes: list[tuple[MailboxConfig, list[CheckResult]]]) -> str:
+    rows = [("MAILBOX", "CHECK", "RESULT", "TIME", "DETAIL")]
+    hints: list[str] = []
+    for mailbox, results in outcomes:
+        for r in results:
+            if r.failure is None:
+                verdict, detail = "ok", _summary(r)
+            else:
+                code = f" {r.failure.code}" if r.failure.code else ""
+                verdict, detail = f"FAIL {r.failure.reason}{code}", r.failure.message
+                if r.failure.reason != "dependency":
+                    hints.append(f"{mailbox.name}/{r.check}: {r.failure.remediation}")
+            rows.append((mailbox.name, r.check, verdict, f"{r.duration_seconds * 1000:.0f}ms",
+                         detail))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
+             for row in rows]
+    if hints:
+        lines += ["", "What to do:"] + [f"  {h}" for h in hints]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+# -- login ------------------------------------------------------------------------------------
+def run_login(config: Config, mailbox_name: str) -> int:
+    mailboxes = _select(config, mailbox_name)
+    if mailboxes is None:
+        return EXIT_USAGE
+    mailbox = mailboxes[0]
+    if mailbox.auth.app_only:
+        print(f"error: mailbox {mailbox.name} uses the app-only flow {mailbox.auth.flow}; "
+              "there is nobody to sign in", file=sys.stderr)
+        return EXIT_USAGE
+    runner = MailboxRunner(mailbox, config.state_dir, Watchdog())
+    try:
+        token = runner.auth.device_code_login(lambda text: print(text, flush=True))
+    except CheckFailed as err:
+        failure = err.failure
+        print(f"sign-in failed: {failure.reason} {failure.code} {failure.message}\n"
+              f"hint: {failure.remediation}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"Signed in as {mailbox.username}; token cache seeded "
+          f"(access token valid until {_iso(token.expires_at)}).")
+    return EXIT_OK
+
+
+# -- serve ------------------------------------------------------------------------------------
+def serve(config: Config, config_path: Path, listen: str, max_concurrency: int) -> int:
+    service = Service(config_path, max_concurrency=max_concurrency)
+    registry = CollectorRegistry()
+    registry.register(MailboxCollector(service.store, lambda: service.config,
+                                       lambda: service.reload_ok))
+    ProcessCollector(registry=registry)
+    try:
+        server = make_http_server(listen, ExporterApp(service, registry))
+    except (OSError, ValueError) as err:
+        print(f"error: cannot listen on {listen}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    service.start(config)
+    stop = threading.Event()
+
+    def on_hup(_signum: int, _frame: object) -> None:
+        threading.Thread(target=service.reload, name="reload", daemon=True).start()
+
+    def on_term(_signum: int, _frame: object) -> None:
+        stop.set()
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGHUP, on_hup)
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    host, port = server.server_address[:2]
+    log.info("listening", extra={"address": f"{host!s}:{port}", "version": __version__,
+                                 "mailboxes": len(config.mailboxes)})
+    server.serve_forever(poll_interval=0.2)
+    server.server_close()
+    service.stop()
+    log.info("stopped")
+    return EXIT_OK

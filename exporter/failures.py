@@ -1,0 +1,213 @@
+"""Failure classification: the contract's `reason` words, AADSTS codes and remediation hints.
+
+Every failed check ends up as a `Failure`: a fixed reason word, a bounded `code` (an AADSTS
+number, an IMAP/SMTP reply code or ""), a human message that never holds a secret, and a hint
+in the words of the Entra ID / Exchange Online setup.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+REASONS = (
+    "invalid_grant",
+    "invalid_client",
+    "consent_required",
+    "interaction_required",
+    "public_client_disabled",
+    "throttled",
+    "auth_rejected",
+    "timeout",
+    "connection",
+    "tls",
+    "protocol",
+    "folder_missing",
+    "dependency",
+    "backoff",
+    "unknown",
+)
+
+# Credential failures: retried only with exponential backoff (the Smart Lockout guard).
+CREDENTIAL_REASONS = frozenset({"invalid_grant", "invalid_client", "auth_rejected"})
+
+# AADSTS code -> (reason, hint). From ../shared/FACTS.md.
+AADSTS: dict[int, tuple[str, str]] = {
+    7000218: (
+        "public_client_disabled",
+        "Enable 'Allow public client flows' in the app registration "
+        "(Authentication > Advanced settings).",
+    ),
+    7000215: (
+        "invalid_client",
+        "The client secret is invalid: create a new secret and copy its Value, not its ID.",
+    ),
+    7000222: (
+        "invalid_client",
+        "The client secret has expired: create a new secret and copy its Value.",
+    ),
+    700027: (
+        "invalid_client",
+        "The certificate assertion was refused: upload the certificate to the app registration.",
+    ),
+    50126: ("invalid_grant", "Wrong username or password: fix the password file."),
+    50053: (
+        "invalid_grant",
+        "The account is locked (Smart Lockout) or sign-in is blocked: fix the password first, "
+        "wait, then check the sign-in logs.",
+    ),
+    50055: ("invalid_grant", "The password has expired: reset it and update the password file."),
+    50057: ("invalid_grant", "The user account is disabled: re-enable it."),
+    50034: ("invalid_grant", "The user is not in this tenant: check username and tenant_id."),
+    50076: (
+        "interaction_required",
+        "MFA is required: exclude the account from the policy, or move to device_code "
+        "(run `login`) or an app-only flow.",
+    ),
+    50079: (
+        "interaction_required",
+        "MFA registration is required: exclude the account, or move to device_code or app-only.",
+    ),
+    53003: (
+        "interaction_required",
+        "Conditional Access blocked the sign-in: exclude the account, or move to device_code "
+        "or app-only.",
+    ),
+    65001: (
+        "consent_required",
+        "No consent: Grant admin consent for the tenant (API permissions).",
+    ),
+    700016: (
+        "invalid_client",
+        "The application was not found in the tenant: check client_id, tenant_id and "
+        "authority_host.",
+    ),
+    90002: ("invalid_client", "The tenant was not found: check tenant_id and authority_host."),
+    70011: (
+        "unknown",
+        "Invalid scope: use full resource URLs (https://outlook.office365.com/IMAP.AccessAsUser.All)"
+        " or https://outlook.office365.com/.default for app-only.",
+    ),
+    700082: (
+        "invalid_grant",
+        "The refresh token expired after 90 days without use: sign in again (`login`).",
+    ),
+    50173: (
+        "invalid_grant",
+        "The grant was revoked (password changed or reset): sign in again (`login`) or update "
+        "the password file.",
+    ),
+}
+
+# OAuth2 `error` field -> reason, for codes we do not know.
+_OAUTH_ERRORS = {
+    "invalid_grant": "invalid_grant",
+    "invalid_client": "invalid_client",
+    "unauthorized_client": "invalid_client",
+    "consent_required": "consent_required",
+    "interaction_required": "interaction_required",
+    "temporarily_unavailable": "throttled",
+    "slow_down": "throttled",
+}
+
+REASON_HINTS: dict[str, str] = {
+    "invalid_grant": "The sign-in was refused: check the username and the password file.",
+    "invalid_client": "The app registration refused the client: check client_id and its secret.",
+    "consent_required": "Grant admin consent for the tenant (API permissions).",
+    "interaction_required": "Sign in interactively: run `o365-mailbox-exporter login`, or move "
+    "to an app-only flow.",
+    "public_client_disabled": AADSTS[7000218][1],
+    "throttled": "Entra ID is throttling sign-ins: the exporter waits for Retry-After.",
+    "auth_rejected": "The server refused the token: check the IMAP/SMTP permissions "
+    "(IMAP.AccessAsUser.All, SMTP.Send, or for app-only IMAP.AccessAsApp plus FullAccess) and "
+    "that IMAP/SMTP AUTH is enabled for the mailbox.",
+    "timeout": "The server did not answer in time: check the network path and the timeout.",
+    "connection": "Could not connect: check host, port, DNS and firewalls.",
+    "tls": "TLS failed: check the server name and ca_file.",
+    "protocol": "The server answered something unexpected: run `check` with --log.level=debug.",
+    "folder_missing": "The folder does not exist: check `folders` in the config.",
+    "dependency": "An earlier check failed; fix that one first.",
+    "backoff": "Waiting before the next sign-in after a credential failure (Smart Lockout guard); "
+    "changing the secret file or the config retries at once.",
+    "unknown": "Unexpected failure: run `check` for details.",
+}
+
+_AADSTS_RE = re.compile(r"AADSTS(\d+)")
+# Bearer tokens, refresh tokens, assertions: long runs of base64url-ish characters.
+_TOKENISH_RE = re.compile(r"[A-Za-z0-9_\-.+=]{40,}")
+
+
+def scrub(text: str) -> str:
+    """Remove anything that looks like a token from text meant for logs, pages or metrics."""
+    return _TOKENISH_RE.sub("<redacted>", text)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a check failed: a fixed reason word, a bounded code, a safe message and a hint."""
+
+    reason: str
+    code: str = ""
+    message: str = ""
+    hint: str = ""
+    retry_after: float | None = None  # seconds the server asked us to wait (HTTP Retry-After)
+
+    def __post_init__(self) -> None:
+        if self.reason not in REASONS:
+            raise ValueError(f"unknown failure reason {self.reason!r}")
+
+    @property
+    def remediation(self) -> str:
+        return self.hint or hint_for(self.reason, self.code)
+
+
+def hint_for(reason: str, code: str = "") -> str:
+    if code.isdigit() and int(code) in AADSTS:
+        return AADSTS[int(code)][1]
+    return REASON_HINTS.get(reason, REASON_HINTS["unknown"])
+
+
+class CheckFailed(Exception):
+    """Raised inside a check; the runner turns it into a failed result."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.message or failure.reason)
+        self.failure = failure
+
+
+def fail(reason: str, message: str, code: str = "", hint: str = "") -> CheckFailed:
+    return CheckFailed(Failure(reason, code, scrub(message), hint))
+
+
+def aadsts_code(error: dict[str, object]) -> int | None:
+    """The AADSTS number of an MSAL error dict (error_codes first, then the description)."""
+    codes = error.get("error_codes")
+    if isinstance(codes, list) and codes and isinstance(codes[0], int):
+        return codes[0]
+    match = _AADSTS_RE.search(str(error.get("error_description", "")))
+    return int(match.group(1)) if match else None
+
+
+def classify_token_error(
+    error: dict[str, object], http_status: int | None = None, retry_after: float | None = None
+) -> Failure:
+    """Turn an MSAL error dict into a Failure (reason, AADSTS code, first line, hint)."""
+    code = aadsts_code(error)
+    oauth_error = str(error.get("error", ""))
+    suberror = str(error.get("suberror", ""))
+    if code is not None and code in AADSTS:
+        reason, hint = AADSTS[code]
+    elif http_status == 429:
+        reason, hint = "throttled", REASON_HINTS["throttled"]
+    elif suberror in _OAUTH_ERRORS:
+        reason = _OAUTH_ERRORS[suberror]
+        hint = REASON_HINTS[reason]
+    else:
+        reason = _OAUTH_ERRORS.get(oauth_error, "unknown")
+        hint = REASON_HINTS[reason]
+    if http_status == 429:
+        reason = "throttled"
+    description = str(error.get("error_description", oauth_error)).splitlines()
+    message = description[0] if description else oauth_error
+    code_label = str(code) if code is not None else ("429" if http_status == 429 else "")
+    return Failure(reason, code_label, scrub(message), hint, retry_after)

@@ -1,0 +1,86 @@
+"""The result store: the latest run of every check of every mailbox, and failure counters.
+
+Written by check runs, read by the collector, the landing page and `check`. Reads take a
+consistent snapshot under one lock; nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+from exporter.checks import Measurement
+from exporter.failures import Failure
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    check: str
+    success: bool
+    duration_seconds: float
+    ended_at: float  # unix time
+    failure: Failure | None = None
+    measurement: Measurement | None = None
+
+
+@dataclass
+class MailboxResults:
+    checks: dict[str, CheckResult] = field(default_factory=dict)
+    last_success: dict[str, float] = field(default_factory=dict)
+    failures_total: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxSnapshot:
+    name: str
+    checks: dict[str, CheckResult]
+    last_success: dict[str, float]
+    failures_total: dict[tuple[str, str, str], int]  # (check, reason, code) -> count
+
+
+class ResultStore:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._mailboxes: dict[str, MailboxResults] = {}
+
+    def record(self, mailbox: str, result: CheckResult) -> None:
+        with self._lock:
+            state = self._mailboxes.setdefault(mailbox, MailboxResults())
+            state.checks[result.check] = result
+            if result.success:
+                state.last_success[result.check] = result.ended_at
+            elif result.failure is not None:
+                key = (result.check, result.failure.reason, result.failure.code)
+                state.failures_total[key] += 1
+
+    def latest(self, mailbox: str, check: str) -> CheckResult | None:
+        with self._lock:
+            state = self._mailboxes.get(mailbox)
+            return state.checks.get(check) if state else None
+
+    def retain(self, mailboxes: set[str], checks: dict[str, tuple[str, ...]]) -> None:
+        """Forget removed mailboxes and checks that are no longer enabled."""
+        with self._lock:
+            for name in list(self._mailboxes):
+                if name not in mailboxes:
+                    del self._mailboxes[name]
+                    continue
+                enabled = set(checks.get(name, ()))
+                state = self._mailboxes[name]
+                for check in list(state.checks):
+                    if check not in enabled:
+                        del state.checks[check]
+                        state.last_success.pop(check, None)
+
+    def snapshot(self) -> list[MailboxSnapshot]:
+        with self._lock:
+            return [
+                MailboxSnapshot(
+                    name=name,
+                    checks=dict(state.checks),
+                    last_success=dict(state.last_success),
+                    failures_total=dict(state.failures_total),
+                )
+                for name, state in sorted(self._mailboxes.items())
+            ]

@@ -1,0 +1,240 @@
+"""One mailbox's run: the checks in table order on one IMAP connection, with backoff and deadlines.
+
+`MailboxRunner` lives as long as its mailbox's config is unchanged: it keeps the MSAL
+application, the TLS context and the credential-failure backoff between runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import logging
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from exporter.auth import MailboxAuth, tls_context
+from exporter.checks import CHECKS, RunContext
+from exporter.config import MailboxConfig, read_secret
+from exporter.errors import ExporterError, SecretError
+from exporter.failures import CREDENTIAL_REASONS, CheckFailed, Failure, fail, scrub
+from exporter.results import CheckResult
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_SECONDS = 3600.0
+# Checks whose failure with a credential reason puts the mailbox's sign-in into backoff.
+SIGN_IN_CHECKS = ("token", "imap_login")
+
+Clock = Callable[[], float]
+
+
+@dataclass
+class Backoff:
+    """After a credential failure, wait interval * 2^failures (at most an hour) before trying.
+
+    A wrong password retried every minute would trip Entra ID Smart Lockout (10 failures by
+    default) and lock the very account we watch. A changed secret or config retries at once.
+    """
+
+    failures: int = 0
+    until: float = 0.0
+    fingerprint: str = ""
+    cause: Failure | None = None
+
+    def active(self, now: float, fingerprint: str) -> bool:
+        return self.cause is not None and now < self.until and fingerprint == self.fingerprint
+
+    def record_failure(
+        self, failure: Failure, now: float, interval: float, fingerprint: str
+    ) -> None:
+        self.failures += 1
+        delay = min(interval * 2.0**self.failures, max(MAX_BACKOFF_SECONDS, interval))
+        if failure.retry_after:
+            delay = max(delay, failure.retry_after)
+        self.until = now + delay
+        self.fingerprint = fingerprint
+        self.cause = failure
+
+    def reset(self) -> None:
+        self.failures = 0
+        self.until = 0.0
+        self.cause = None
+
+
+class Watchdog:
+    """Aborts runs that overrun their check's deadline, from one thread for all mailboxes."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._cond = threading.Condition()
+        self._counter = 0
+        self._thread = threading.Thread(target=self._loop, name="watchdog", daemon=True)
+        self._thread.start()
+
+    def arm(self, deadline: float, on_expiry: Callable[[], None]) -> Callable[[], None]:
+        """Call `on_expiry` at `deadline` (monotonic) unless the returned disarm runs first."""
+        cancelled = threading.Event()
+
+        def fire() -> None:
+            if not cancelled.is_set():
+                on_expiry()
+
+        with self._cond:
+            self._counter += 1
+            heapq.heappush(self._heap, (deadline, self._counter, fire))
+            self._cond.notify()
+        return cancelled.set
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    timeout = self._heap[0][0] - time.monotonic() if self._heap else None
+                    self._cond.wait(timeout)
+                _deadline, _n, callback = heapq.heappop(self._heap)
+            try:
+                callback()
+            except Exception:
+                log.exception("watchdog callback failed")
+
+
+class MailboxRunner:
+    def __init__(
+        self,
+        mailbox: MailboxConfig,
+        state_dir: Path,
+        watchdog: Watchdog,
+        clock: Clock = time.time,
+    ) -> None:
+        self.mailbox = mailbox
+        self.state_dir = state_dir
+        self.watchdog = watchdog
+        self.clock = clock
+        self.backoff = {check: Backoff() for check in SIGN_IN_CHECKS}
+        self._config_digest = hashlib.sha256(repr(mailbox).encode()).hexdigest()
+        self._auth: MailboxAuth | None = None
+        self._tls: ssl.SSLContext | None = None
+
+    @property
+    def auth(self) -> MailboxAuth:
+        """The MSAL side, built on first use (a broken ca_file or state_dir fails a run, not
+        the exporter)."""
+        if self._auth is None:
+            self._auth = MailboxAuth(self.mailbox, self.state_dir)
+        return self._auth
+
+    def _prepare(self) -> Failure | None:
+        try:
+            if self._tls is None:
+                self._tls = tls_context(self.mailbox.ca_file)
+            _ = self.auth
+        except (OSError, ssl.SSLError, ExporterError) as err:
+            reason = "tls" if isinstance(err, ssl.SSLError) else "unknown"
+            return Failure(reason, "", scrub(f"cannot set up the mailbox: {err}"))
+        return None
+
+    def _fingerprint(self) -> str:
+        """Changes when the secret or the config changes; never exposes the secret."""
+        try:
+            secret = read_secret(self.mailbox.auth)
+        except SecretError:
+            secret = ""
+        return hashlib.sha256((self._config_digest + "\0" + secret).encode()).hexdigest()
+
+    def run(self, on_result: Callable[[CheckResult], None]) -> list[CheckResult]:
+        """Run every enabled check once, in table order, on one IMAP connection."""
+        setup_failure = self._prepare()
+        results: list[CheckResult] = []
+        if setup_failure is not None:
+            for name in self.mailbox.checks:
+                now = self.clock()
+                result = CheckResult(name, False, 0.0, now, setup_failure)
+                results.append(result)
+                on_result(result)
+            return results
+        assert self._auth is not None and self._tls is not None
+        ctx = RunContext(self.mailbox, self._auth, self._tls)
+        passed: set[str] = set()
+        fingerprint = self._fingerprint()
+        try:
+            for name in self.mailbox.checks:
+                if name not in CHECKS:
+                    continue  # a check of a later release (e.g. smtp_login) not built here
+                result = self._run_one(ctx, name, passed, fingerprint)
+                if result.success:
+                    passed.add(name)
+                results.append(result)
+                on_result(result)
+        finally:
+            if ctx.imap is not None:
+                ctx.imap.logout()
+        return results
+
+    def _run_one(
+        self, ctx: RunContext, name: str, passed: set[str], fingerprint: str
+    ) -> CheckResult:
+        spec = CHECKS[name]
+        start_wall = self.clock()
+        start = time.monotonic()
+        backoff = self.backoff.get(name)
+        measurement = None
+        failure: Failure | None = None
+        if spec.needs is not None and spec.needs not in passed:
+            failure = Failure("dependency", "", f"{spec.needs} did not pass in this run")
+        elif backoff is not None and backoff.active(start_wall, fingerprint):
+            cause = backoff.cause
+            assert cause is not None
+            failure = Failure(
+                "backoff",
+                cause.code,
+                f"after {cause.reason}: next sign-in attempt in "
+                f"{backoff.until - start_wall:.0f}s ({cause.message})",
+                cause.remediation,
+            )
+        else:
+            aborted = threading.Event()
+
+            def abort() -> None:
+                aborted.set()
+                if ctx.imap is not None:
+                    ctx.imap.abort()
+                ctx.auth.session.close()
+
+            disarm = self.watchdog.arm(start + self.mailbox.timeout, abort)
+            try:
+                measurement = spec.run(ctx)
+            except CheckFailed as err:
+                failure = err.failure
+            except Exception as err:
+                log.debug("check raised", exc_info=True)
+                failure = Failure("unknown", "", scrub(f"{type(err).__name__}: {err}"))
+            finally:
+                disarm()
+            if aborted.is_set() and failure is not None:
+                failure = fail("timeout", f"no result within {self.mailbox.timeout:g}s").failure
+            if backoff is not None:
+                if failure is None:
+                    backoff.reset()
+                elif failure.reason in CREDENTIAL_REASONS or failure.retry_after:
+                    backoff.record_failure(
+                        failure, start_wall, self.mailbox.interval, fingerprint
+                    )
+        duration = time.monotonic() - start
+        return CheckResult(
+            check=name,
+            success=failure is None,
+            duration_seconds=duration,
+            ended_at=start_wall + duration,
+            failure=failure,
+            measurement=measurement if failure is None else None,
+        )
+
+
+def jitter(interval: float, rng: random.Random | None = None) -> float:
+    """A start offset of at most a tenth of the interval."""
+    return (rng or random).uniform(0.0, interval / 10.0)

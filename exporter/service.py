@@ -1,0 +1,72 @@
+"""The running exporter: the current config, the scheduler, the result store, and reloads.
+
+Reload (SIGHUP or POST /-/reload) loads the file again; a bad config keeps the old one and
+sets the reload metric to 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from exporter.auth import ensure_state_dir
+from exporter.config import Config, load_config
+from exporter.errors import ConfigError, StateError
+from exporter.results import ResultStore
+from exporter.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    def __init__(self, config_path: Path, max_concurrency: int = 16) -> None:
+        self.config_path = config_path
+        self.store = ResultStore()
+        self.scheduler = Scheduler(self.store, max_concurrency=max_concurrency)
+        self._config: Config | None = None
+        self._reload_ok = False
+        self._lock = threading.Lock()
+
+    @property
+    def config(self) -> Config | None:
+        return self._config
+
+    @property
+    def ready(self) -> bool:
+        return self._config is not None
+
+    @property
+    def reload_ok(self) -> bool:
+        return self._reload_ok
+
+    def start(self, config: Config) -> None:
+        self._adopt(config)
+        self.scheduler.start()
+
+    def reload(self) -> list[str]:
+        """Load the config file again. Returns the problems; [] means it was adopted."""
+        with self._lock:
+            try:
+                config = load_config(self.config_path)
+                ensure_state_dir(config.state_dir)
+            except ConfigError as err:
+                self._reload_ok = False
+                for problem in err.problems:
+                    log.error("config reload failed", extra={"problem": problem})
+                return err.problems
+            except StateError as err:
+                self._reload_ok = False
+                log.error("config reload failed", extra={"problem": str(err)})
+                return [str(err)]
+            self._adopt(config)
+            log.info("config reloaded", extra={"mailboxes": len(config.mailboxes)})
+            return []
+
+    def _adopt(self, config: Config) -> None:
+        self.scheduler.apply(config)
+        self._config = config
+        self._reload_ok = True
+
+    def stop(self) -> None:
+        self.scheduler.stop()
