@@ -13,6 +13,7 @@ import ssl
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,13 @@ from exporter.errors import SecretError, StateError
 from exporter.failures import CheckFailed, Failure, classify_token_error, fail, scrub
 
 log = logging.getLogger(__name__)
+
+# ROPC is what the service desks use today; MSAL's deprecation notice on every run helps nobody
+# (the README and `check` point to device_code / app-only as the ways forward).
+warnings.filterwarnings(
+    "ignore", message="This API has been deprecated for public client flows",
+    category=DeprecationWarning,
+)
 
 # Hosts MSAL knows; any other authority_host gets instance discovery turned off so that
 # no request ever goes to login.microsoftonline.com for it.

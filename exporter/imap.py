@@ -20,6 +20,8 @@ from imapclient.exceptions import IMAPClientError, LoginError
 
 from exporter.failures import CheckFailed, fail
 
+JUNK = b"\\Junk"  # RFC 6154 SPECIAL-USE attributes
+SENT = b"\\Sent"
 _RESPONSE_CODE_RE = re.compile(r"\[([A-Z-]+)[^\]]*\]")
 _USUAL_JUNK_NAMES = ("Junk Email", "Junk E-mail", "Junk", "Spam")
 _USUAL_SENT_NAMES = ("Sent Items", "Sent", "Sent Messages")
@@ -198,7 +200,7 @@ class ImapSession:
         for flags, name in self._folders:
             if special_use in flags:
                 return name
-        usual = _USUAL_JUNK_NAMES if special_use == imapclient.JUNK else _USUAL_SENT_NAMES
+        usual = _USUAL_JUNK_NAMES if special_use == JUNK else _USUAL_SENT_NAMES
         names = {name.casefold(): name for _flags, name in self._folders}
         for wanted in (configured, *usual):
             if wanted.casefold() in names:

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from exporter.cli import main
+from exporter.config import parse_duration
 
 pytest_plugins = ["tests.testbed.fixtures"]
 
@@ -78,9 +79,10 @@ def make_mailbox(entra, dovecot, tmp_path: Path):  # type: ignore[no-untyped-def
 def write_config(
     tmp_path: Path, entra: Any, dovecot: Any, mailboxes: list[Mailbox], **defaults: Any
 ) -> Path:
+    short = parse_duration(str(defaults.get("interval", "60s"))) < 5
     merged = {
         "interval": "60s",
-        "timeout": "5s",
+        "timeout": "1s" if short else "5s",
         "authority_host": entra.url,
         "imap": {"host": "127.0.0.1", "port": dovecot.port},
         "ca_file": str(entra.ca_file),

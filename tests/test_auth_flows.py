@@ -7,9 +7,8 @@ import stat
 import uuid
 from pathlib import Path
 
-import trustme
-
 from tests.conftest import check_json, results_by_check, run_cli, write_config, write_secret
+from tests.testbed import make_app_certificate
 
 
 def _refresh_tokens(state_dir: Path, name: str) -> list[str]:
@@ -82,13 +81,11 @@ def test_client_secret_flow(make_mailbox, entra, dovecot, tmp_path, capsys):
 def test_client_certificate_flow(make_mailbox, entra, dovecot, tmp_path, capsys):
     mailbox = make_mailbox("certapp")
     client_id = str(uuid.uuid4())
-    credential = trustme.CA().issue_cert("exporter.contoso.example")
-    pem = credential.cert_chain_pems[0].bytes() + credential.private_key_pem.bytes()
-    entra.add_app(client_id, public_client=False,
-                  certificate_pem=credential.cert_chain_pems[0].bytes().decode(),
+    credential = make_app_certificate()
+    entra.add_app(client_id, public_client=False, certificate_pem=credential.cert_pem,
                   mailbox=mailbox.upn)
     cert_file = tmp_path / "app.pem"
-    cert_file.write_bytes(pem)
+    cert_file.write_bytes(credential.combined_pem)
     cert_file.chmod(0o600)
     mailbox.client_id = client_id
     mailbox.settings["auth"] = {"flow": "client_certificate", "certificate_file": str(cert_file)}

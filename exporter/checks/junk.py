@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import imapclient
-
 from exporter.checks import FolderMeasurement, Measurement, RunContext
 from exporter.failures import fail
+from exporter.imap import JUNK
 
 
 def check_junk(ctx: RunContext) -> Measurement | None:
     session = ctx.session()
     configured = ctx.mailbox.folders.junk
-    folder = session.find_folder(imapclient.JUNK, configured)
+    folder = session.find_folder(JUNK, configured)
     if folder is None:
         raise fail(
             "folder_missing",
