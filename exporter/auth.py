@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 # ROPC is what the service desks use today; MSAL's deprecation notice on every run helps nobody
 # (the README and `check` point to device_code / app-only as the ways forward).
 warnings.filterwarnings(
-    "ignore", message="This API has been deprecated for public client flows",
+    "ignore",
+    message="This API has been deprecated for public client flows",
     category=DeprecationWarning,
 )
 

@@ -1,9 +1,9 @@
 """Command line: argument parsing and wiring only.
 
-    o365-mailbox-exporter [serve] --config.file=F [--web.listen-address=:9865] [--log.level=info]
-    o365-mailbox-exporter check --config.file=F [--mailbox NAME] [--output table|json]
-    o365-mailbox-exporter --config.check --config.file=F
-    o365-mailbox-exporter login --config.file=F --mailbox NAME
+o365-mailbox-exporter [serve] --config.file=F [--web.listen-address=:9865] [--log.level=info]
+o365-mailbox-exporter check --config.file=F [--mailbox NAME] [--output table|json]
+o365-mailbox-exporter --config.check --config.file=F
+o365-mailbox-exporter login --config.file=F --mailbox NAME
 """
 
 from __future__ import annotations
@@ -53,16 +53,27 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--config.file", dest="config_file", required=True, metavar="FILE")
     parser.add_argument("--log.level", dest="log_level", choices=LEVELS, default="info")
-    parser.add_argument("--log.format", dest="log_format", choices=("logfmt", "json"),
-                        default="logfmt")
+    parser.add_argument(
+        "--log.format", dest="log_format", choices=("logfmt", "json"), default="logfmt"
+    )
     parser.add_argument("--version", action="version", version=__version__)
     if command == "serve":
-        parser.add_argument("--web.listen-address", dest="listen", default=":9865",
-                            metavar="HOST:PORT")
-        parser.add_argument("--config.check", dest="config_check", action="store_true",
-                            help="validate the config file and exit (0 valid, 2 invalid)")
-        parser.add_argument("--checks.max-concurrency", dest="max_concurrency", type=int,
-                            default=16, help="mailbox runs at once (default 16)")
+        parser.add_argument(
+            "--web.listen-address", dest="listen", default=":9865", metavar="HOST:PORT"
+        )
+        parser.add_argument(
+            "--config.check",
+            dest="config_check",
+            action="store_true",
+            help="validate the config file and exit (0 valid, 2 invalid)",
+        )
+        parser.add_argument(
+            "--checks.max-concurrency",
+            dest="max_concurrency",
+            type=int,
+            default=16,
+            help="mailbox runs at once (default 16)",
+        )
     if command == "check":
         parser.add_argument("--mailbox", metavar="NAME")
         parser.add_argument("--output", choices=("table", "json"), default="table")
@@ -196,11 +207,14 @@ def _table(outcomes: list[tuple[MailboxConfig, list[CheckResult]]]) -> str:
                 verdict, detail = f"FAIL {r.failure.reason}{code}", r.failure.message
                 if r.failure.reason != "dependency":
                     hints.append(f"{mailbox.name}/{r.check}: {r.failure.remediation}")
-            rows.append((mailbox.name, r.check, verdict, f"{r.duration_seconds * 1000:.0f}ms",
-                         detail))
+            rows.append(
+                (mailbox.name, r.check, verdict, f"{r.duration_seconds * 1000:.0f}ms", detail)
+            )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
-             for row in rows]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
+        for row in rows
+    ]
     if hints:
         lines += ["", "What to do:"] + [f"  {h}" for h in hints]
     return "\n".join(line.rstrip() for line in lines)
@@ -213,19 +227,27 @@ def run_login(config: Config, mailbox_name: str) -> int:
         return EXIT_USAGE
     mailbox = mailboxes[0]
     if mailbox.auth.app_only:
-        print(f"error: mailbox {mailbox.name} uses the app-only flow {mailbox.auth.flow}; "
-              "there is nobody to sign in", file=sys.stderr)
+        print(
+            f"error: mailbox {mailbox.name} uses the app-only flow {mailbox.auth.flow}; "
+            "there is nobody to sign in",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     runner = MailboxRunner(mailbox, config.state_dir, Watchdog())
     try:
         token = runner.auth.device_code_login(lambda text: print(text, flush=True))
     except CheckFailed as err:
         failure = err.failure
-        print(f"sign-in failed: {failure.reason} {failure.code} {failure.message}\n"
-              f"hint: {failure.remediation}", file=sys.stderr)
+        print(
+            f"sign-in failed: {failure.reason} {failure.code} {failure.message}\n"
+            f"hint: {failure.remediation}",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
-    print(f"Signed in as {mailbox.username}; token cache seeded "
-          f"(access token valid until {_iso(token.expires_at)}).")
+    print(
+        f"Signed in as {mailbox.username}; token cache seeded "
+        f"(access token valid until {_iso(token.expires_at)})."
+    )
     return EXIT_OK
 
 
@@ -233,8 +255,9 @@ def run_login(config: Config, mailbox_name: str) -> int:
 def serve(config: Config, config_path: Path, listen: str, max_concurrency: int) -> int:
     service = Service(config_path, max_concurrency=max_concurrency)
     registry = CollectorRegistry()
-    registry.register(MailboxCollector(service.store, lambda: service.config,
-                                       lambda: service.reload_ok))
+    registry.register(
+        MailboxCollector(service.store, lambda: service.config, lambda: service.reload_ok)
+    )
     ProcessCollector(registry=registry)
     try:
         server = make_http_server(listen, ExporterApp(service, registry))
@@ -255,8 +278,14 @@ def serve(config: Config, config_path: Path, listen: str, max_concurrency: int) 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     host, port = server.server_address[:2]
-    log.info("listening", extra={"address": f"{host!s}:{port}", "version": __version__,
-                                 "mailboxes": len(config.mailboxes)})
+    log.info(
+        "listening",
+        extra={
+            "address": f"{host!s}:{port}",
+            "version": __version__,
+            "mailboxes": len(config.mailboxes),
+        },
+    )
     server.serve_forever(poll_interval=0.2)
     server.server_close()
     service.stop()

@@ -15,6 +15,7 @@ from exporter import __version__
 from exporter.checks import FolderMeasurement, OversizedMeasurement, TokenMeasurement
 from exporter.config import Config
 from exporter.results import ResultStore
+from exporter.runner import runnable_checks
 
 P = "o365_mailbox_"
 _LATEST = " From the latest scheduled run, not from the scrape."
@@ -36,7 +37,7 @@ class MailboxCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         config = self.config()
-        enabled = {m.name: m.checks for m in config.mailboxes} if config else {}
+        enabled = {m.name: runnable_checks(m) for m in config.mailboxes} if config else {}
         thresholds = (
             {m.name: m.oversized_bytes for m in config.mailboxes if "oversized" in m.checks}
             if config
@@ -44,19 +45,23 @@ class MailboxCollector(Collector):
         )
 
         up = GaugeMetricFamily(
-            P + "up", "1 when every enabled check passed in its latest run." + _LATEST,
+            P + "up",
+            "1 when every enabled check passed in its latest run." + _LATEST,
             labels=["mailbox"],
         )
         success = GaugeMetricFamily(
-            P + "check_success", "1 if the check passed in its latest run, else 0." + _LATEST,
+            P + "check_success",
+            "1 if the check passed in its latest run, else 0." + _LATEST,
             labels=["mailbox", "check"],
         )
         duration = GaugeMetricFamily(
-            P + "check_duration_seconds", "Wall time of the check's latest run." + _LATEST,
+            P + "check_duration_seconds",
+            "Wall time of the check's latest run." + _LATEST,
             labels=["mailbox", "check"],
         )
         last_run = GaugeMetricFamily(
-            P + "check_last_run_timestamp_seconds", "Unix time the check's latest run ended.",
+            P + "check_last_run_timestamp_seconds",
+            "Unix time the check's latest run ended.",
             labels=["mailbox", "check"],
         )
         last_success = GaugeMetricFamily(
@@ -75,11 +80,13 @@ class MailboxCollector(Collector):
             labels=["mailbox"],
         )
         messages = GaugeMetricFamily(
-            P + "folder_messages", "Messages in the folder (by role)." + _LATEST,
+            P + "folder_messages",
+            "Messages in the folder (by role)." + _LATEST,
             labels=["mailbox", "folder"],
         )
         unseen = GaugeMetricFamily(
-            P + "folder_unseen_messages", "Messages without the \\Seen flag." + _LATEST,
+            P + "folder_unseen_messages",
+            "Messages without the \\Seen flag." + _LATEST,
             labels=["mailbox", "folder"],
         )
         oldest = GaugeMetricFamily(
@@ -88,7 +95,8 @@ class MailboxCollector(Collector):
             labels=["mailbox", "folder"],
         )
         oversized = GaugeMetricFamily(
-            P + "oversized_messages", "Messages larger than the oversized threshold." + _LATEST,
+            P + "oversized_messages",
+            "Messages larger than the oversized threshold." + _LATEST,
             labels=["mailbox", "folder"],
         )
         largest = GaugeMetricFamily(
@@ -97,7 +105,8 @@ class MailboxCollector(Collector):
             labels=["mailbox", "folder"],
         )
         threshold = GaugeMetricFamily(
-            P + "oversized_threshold_bytes", "The configured oversized threshold.",
+            P + "oversized_threshold_bytes",
+            "The configured oversized threshold.",
             labels=["mailbox"],
         )
 
@@ -145,6 +154,19 @@ class MailboxCollector(Collector):
         reload_metric.add_metric([], 1.0 if self.reload_ok() else 0.0)
 
         yield from (
-            up, success, duration, last_run, last_success, failures, token_expiry,
-            messages, unseen, oldest, oversized, largest, threshold, build, reload_metric,
+            up,
+            success,
+            duration,
+            last_run,
+            last_success,
+            failures,
+            token_expiry,
+            messages,
+            unseen,
+            oldest,
+            oversized,
+            largest,
+            threshold,
+            build,
+            reload_metric,
         )

@@ -99,9 +99,7 @@ class ImapSession:
         self._folders: list[tuple[tuple[bytes, ...], str]] | None = None
 
     @classmethod
-    def connect(
-        cls, host: str, port: int, context: ssl.SSLContext, timeout: float
-    ) -> ImapSession:
+    def connect(cls, host: str, port: int, context: ssl.SSLContext, timeout: float) -> ImapSession:
         try:
             client = imapclient.IMAPClient(
                 host, port=port, ssl=True, ssl_context=context, timeout=timeout
@@ -137,9 +135,7 @@ class ImapSession:
         except (IMAPClientError, imaplib.IMAP4.error) as err:
             text = _first_line(err)
             if "NONEXISTENT" in text or "doesn't exist" in text or "not exist" in text.lower():
-                raise fail(
-                    "folder_missing", f"EXAMINE {folder}: {text}", code="NO"
-                ) from err
+                raise fail("folder_missing", f"EXAMINE {folder}: {text}", code="NO") from err
             raise classify(err, f"EXAMINE {folder}") from err
         except Exception as err:
             raise classify(err, f"EXAMINE {folder}") from err

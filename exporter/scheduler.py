@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from exporter.config import Config, MailboxConfig
 from exporter.results import CheckResult, ResultStore
-from exporter.runner import MailboxRunner, Watchdog, jitter
+from exporter.runner import MailboxRunner, Watchdog, jitter, runnable_checks
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +62,18 @@ class Scheduler:
             now = time.monotonic()
             for name, mailbox in wanted.items():
                 entry = self._entries.get(name)
-                if entry is not None and entry.runner.mailbox == mailbox:
+                if (
+                    entry is not None
+                    and entry.runner.mailbox == mailbox
+                    and entry.runner.state_dir == config.state_dir
+                ):
                     continue
                 self._generation += 1
                 runner = MailboxRunner(mailbox, config.state_dir, self.watchdog)
                 self._entries[name] = _Entry(runner, self._generation)
                 due = now + jitter(mailbox.interval, self._rng)
                 heapq.heappush(self._heap, (due, self._generation, name))
-            self.store.retain(set(wanted), {m.name: m.checks for m in config.mailboxes})
+            self.store.retain(set(wanted), {m.name: runnable_checks(m) for m in config.mailboxes})
             self._cond.notify()
 
     def _loop(self) -> None:

@@ -16,6 +16,7 @@ from prometheus_client.exposition import choose_encoder
 from exporter import __version__
 from exporter.failures import hint_for
 from exporter.results import MailboxSnapshot
+from exporter.runner import runnable_checks
 from exporter.service import Service
 
 StartResponse = Callable[..., Any]
@@ -60,9 +61,7 @@ class ExporterApp:
         body: bytes,
         content_type: str = "text/plain; charset=utf-8",
     ) -> list[bytes]:
-        start_response(
-            status, [("Content-Type", content_type), ("Content-Length", str(len(body)))]
-        )
+        start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body)))])
         return [body]
 
 
@@ -83,7 +82,7 @@ def render_landing(snapshots: list[MailboxSnapshot], service: Service) -> str:
     rows: list[str] = []
     for mailbox in config.mailboxes if config else ():
         snap = by_name.get(mailbox.name)
-        for check in mailbox.checks:
+        for check in runnable_checks(mailbox):
             result = snap.checks.get(check) if snap else None
             if result is None:
                 status, detail, hint = "pending", "", ""

@@ -1,0 +1,96 @@
+"""Backoff arithmetic, jitter bounds, failure classification and log line formats."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+
+import pytest
+
+from exporter.failures import Failure, classify_token_error, scrub
+from exporter.logs import JsonFormatter, LogfmtFormatter
+from exporter.runner import MAX_BACKOFF_SECONDS, Backoff, jitter
+
+
+def test_backoff_doubles_and_is_capped():
+    backoff = Backoff()
+    cause = Failure("invalid_grant", "50126", "wrong password")
+    waits = []
+    for _ in range(12):
+        backoff.record_failure(cause, now=1000.0, interval=60.0, fingerprint="a")
+        waits.append(backoff.until - 1000.0)
+    assert waits[:5] == [120.0, 240.0, 480.0, 960.0, 1920.0]
+    assert max(waits) == MAX_BACKOFF_SECONDS
+    assert backoff.active(1000.0 + 3599, "a")
+    assert not backoff.active(1000.0 + 3599, "changed secret")
+    assert not backoff.active(1000.0 + 3601, "a")
+    backoff.reset()
+    assert not backoff.active(1000.0, "a")
+
+
+def test_retry_after_extends_backoff():
+    backoff = Backoff()
+    backoff.record_failure(Failure("throttled", "429", retry_after=900.0), 0.0, 1.0, "a")
+    assert backoff.until == 900.0
+
+
+def test_jitter_is_at_most_a_tenth_of_the_interval():
+    rng = random.Random(7)
+    offsets = [jitter(60.0, rng) for _ in range(2000)]
+    assert 0.0 <= min(offsets) and max(offsets) <= 6.0
+    assert max(offsets) > 5.5  # it does spread
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "expected"),
+    [
+        ({"error": "invalid_client", "error_codes": [7000218]}, 400,
+         ("public_client_disabled", "7000218")),
+        ({"error": "invalid_grant", "error_description": "AADSTS50126: Error validating"}, 400,
+         ("invalid_grant", "50126")),
+        ({"error": "invalid_grant", "suberror": "consent_required"}, 400,
+         ("consent_required", "")),
+        ({"error": "temporarily_unavailable"}, 429, ("throttled", "429")),
+        ({"error": "server_error"}, 400, ("unknown", "")),
+    ],
+)
+def test_token_errors_are_classified(error, status, expected):
+    failure = classify_token_error(error, status)
+    assert (failure.reason, failure.code) == expected
+    assert failure.remediation
+
+
+def test_scrub_removes_tokens_but_keeps_words():
+    token = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.eyJvaWQiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJl"
+    text = f"AADSTS50126: Error for https://outlook.office365.com/IMAP.AccessAsUser.All {token}"
+    assert scrub(text) == (
+        "AADSTS50126: Error for https://outlook.office365.com/IMAP.AccessAsUser.All <redacted>"
+    )
+
+
+def _record(**extra: object) -> logging.LogRecord:
+    record = logging.LogRecord("exporter.scheduler", logging.WARNING, __file__, 1,
+                               "check failed", (), None)
+    for key, value in extra.items():
+        setattr(record, key, value)
+    return record
+
+
+def test_logfmt_line_carries_mailbox_check_reason_code_hint():
+    line = LogfmtFormatter().format(_record(
+        mailbox="desk", check="token", reason="invalid_grant", code="50126",
+        hint="Wrong username or password: fix the password file."))
+    assert line.split(" ", 1)[0].startswith("ts=")
+    assert " level=warn " in line
+    assert ' msg="check failed" mailbox=desk check=token reason=invalid_grant code=50126 ' in line
+    assert line.endswith('hint="Wrong username or password: fix the password file."')
+
+
+def test_json_line_carries_the_same_fields():
+    document = json.loads(JsonFormatter().format(_record(mailbox="desk", check="imap_login",
+                                                          reason="timeout", code="")))
+    assert {k: document[k] for k in ("level", "msg", "mailbox", "check", "reason", "code")} == {
+        "level": "warn", "msg": "check failed", "mailbox": "desk", "check": "imap_login",
+        "reason": "timeout", "code": "",
+    }
