@@ -7,7 +7,7 @@ deps:
 	./scripts/install-deps
 
 demo: deps
-	$(PYTHON) -m tests.testbed.demo
+	$(PYTHON) -m tests.demo
 
 test: deps
 	$(PYTHON) -m pytest -q

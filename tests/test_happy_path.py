@@ -97,12 +97,13 @@ def test_metrics_show_every_core_metric(
     junk = {**box, "folder": "junk"}
     assert v("o365_mailbox_folder_messages", **inbox) == expected.inbox_messages
     assert v("o365_mailbox_folder_unseen_messages", **inbox) == expected.inbox_unseen
-    assert v("o365_mailbox_folder_oldest_message_timestamp_seconds", **inbox) == expected.inbox_oldest
+    oldest = "o365_mailbox_folder_oldest_message_timestamp_seconds"
+    assert v(oldest, **inbox) == expected.inbox_oldest
     assert v("o365_mailbox_oversized_messages", **inbox) == expected.oversized_count
     assert v("o365_mailbox_oversized_largest_bytes", **inbox) == expected.oversized_largest
     assert v("o365_mailbox_oversized_threshold_bytes", **box) == expected.oversized_threshold
     assert v("o365_mailbox_folder_messages", **junk) == expected.junk_messages
-    assert v("o365_mailbox_folder_oldest_message_timestamp_seconds", **junk) == expected.junk_oldest
+    assert v(oldest, **junk) == expected.junk_oldest
     expiry = v("o365_mailbox_token_expiry_timestamp_seconds", **box)
     assert expiry is not None and abs(expiry - (time.time() + entra.access_token_lifetime)) < 30
     assert v("o365_mailbox_exporter_build_info", version="0.1.0") == 1.0
