@@ -17,8 +17,89 @@ from exporter.config import Config
 from exporter.results import ResultStore
 from exporter.runner import runnable_checks
 
-P = "o365_mailbox_"
 _LATEST = " From the latest scheduled run, not from the scrape."
+
+
+# name (after the prefix) -> (type, help, labels). Order is exposition order.
+FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "o365_mailbox_up": (
+        "gauge",
+        "1 when every enabled check passed in its latest run." + _LATEST,
+        ("mailbox",),
+    ),
+    "o365_mailbox_check_success": (
+        "gauge",
+        "1 if the check passed in its latest run, else 0." + _LATEST,
+        ("mailbox", "check"),
+    ),
+    "o365_mailbox_check_duration_seconds": (
+        "gauge",
+        "Wall time of the check's latest run." + _LATEST,
+        ("mailbox", "check"),
+    ),
+    "o365_mailbox_check_last_run_timestamp_seconds": (
+        "gauge",
+        "Unix time the check's latest run ended.",
+        ("mailbox", "check"),
+    ),
+    "o365_mailbox_check_last_success_timestamp_seconds": (
+        "gauge",
+        "Unix time of the check's latest successful run.",
+        ("mailbox", "check"),
+    ),
+    "o365_mailbox_check_failures": (
+        "counter",
+        "Failed check runs by reason and code (AADSTS or IMAP/SMTP reply code).",
+        ("mailbox", "check", "reason", "code"),
+    ),
+    "o365_mailbox_token_expiry_timestamp_seconds": (
+        "gauge",
+        "Expiry of the access token obtained by the latest token refresh." + _LATEST,
+        ("mailbox",),
+    ),
+    "o365_mailbox_folder_messages": (
+        "gauge",
+        "Messages in the folder (by role)." + _LATEST,
+        ("mailbox", "folder"),
+    ),
+    "o365_mailbox_folder_unseen_messages": (
+        "gauge",
+        "Messages without the \\Seen flag." + _LATEST,
+        ("mailbox", "folder"),
+    ),
+    "o365_mailbox_folder_oldest_message_timestamp_seconds": (
+        "gauge",
+        "INTERNALDATE of the folder's oldest message; absent when empty." + _LATEST,
+        ("mailbox", "folder"),
+    ),
+    "o365_mailbox_oversized_messages": (
+        "gauge",
+        "Messages larger than the oversized threshold." + _LATEST,
+        ("mailbox", "folder"),
+    ),
+    "o365_mailbox_oversized_largest_bytes": (
+        "gauge",
+        "Size of the largest oversized message, 0 when none." + _LATEST,
+        ("mailbox", "folder"),
+    ),
+    "o365_mailbox_oversized_threshold_bytes": (
+        "gauge",
+        "The configured oversized threshold.",
+        ("mailbox",),
+    ),
+    "o365_mailbox_exporter_build_info": ("gauge", "Build information; always 1.", ("version",)),
+    "o365_mailbox_exporter_config_last_reload_successful": (
+        "gauge",
+        "1 if the latest configuration (re)load succeeded, else 0.",
+        (),
+    ),
+}
+
+
+def _family(name: str) -> GaugeMetricFamily | CounterMetricFamily:
+    kind, documentation, labels = FAMILIES[name]
+    family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+    return family(name, documentation, labels=list(labels))
 
 
 class MailboxCollector(Collector):
@@ -44,72 +125,7 @@ class MailboxCollector(Collector):
             else {}
         )
 
-        up = GaugeMetricFamily(
-            P + "up",
-            "1 when every enabled check passed in its latest run." + _LATEST,
-            labels=["mailbox"],
-        )
-        success = GaugeMetricFamily(
-            P + "check_success",
-            "1 if the check passed in its latest run, else 0." + _LATEST,
-            labels=["mailbox", "check"],
-        )
-        duration = GaugeMetricFamily(
-            P + "check_duration_seconds",
-            "Wall time of the check's latest run." + _LATEST,
-            labels=["mailbox", "check"],
-        )
-        last_run = GaugeMetricFamily(
-            P + "check_last_run_timestamp_seconds",
-            "Unix time the check's latest run ended.",
-            labels=["mailbox", "check"],
-        )
-        last_success = GaugeMetricFamily(
-            P + "check_last_success_timestamp_seconds",
-            "Unix time of the check's latest successful run.",
-            labels=["mailbox", "check"],
-        )
-        failures = CounterMetricFamily(
-            P + "check_failures",
-            "Failed check runs by reason and code (AADSTS or IMAP/SMTP reply code).",
-            labels=["mailbox", "check", "reason", "code"],
-        )
-        token_expiry = GaugeMetricFamily(
-            P + "token_expiry_timestamp_seconds",
-            "Expiry of the access token obtained by the latest token refresh." + _LATEST,
-            labels=["mailbox"],
-        )
-        messages = GaugeMetricFamily(
-            P + "folder_messages",
-            "Messages in the folder (by role)." + _LATEST,
-            labels=["mailbox", "folder"],
-        )
-        unseen = GaugeMetricFamily(
-            P + "folder_unseen_messages",
-            "Messages without the \\Seen flag." + _LATEST,
-            labels=["mailbox", "folder"],
-        )
-        oldest = GaugeMetricFamily(
-            P + "folder_oldest_message_timestamp_seconds",
-            "INTERNALDATE of the folder's oldest message; absent when empty." + _LATEST,
-            labels=["mailbox", "folder"],
-        )
-        oversized = GaugeMetricFamily(
-            P + "oversized_messages",
-            "Messages larger than the oversized threshold." + _LATEST,
-            labels=["mailbox", "folder"],
-        )
-        largest = GaugeMetricFamily(
-            P + "oversized_largest_bytes",
-            "Size of the largest oversized message, 0 when none." + _LATEST,
-            labels=["mailbox", "folder"],
-        )
-        threshold = GaugeMetricFamily(
-            P + "oversized_threshold_bytes",
-            "The configured oversized threshold.",
-            labels=["mailbox"],
-        )
-
+        f = {name: _family(name) for name in FAMILIES}
         for snap in self.store.snapshot():
             name = snap.name
             if name not in enabled:
@@ -118,55 +134,46 @@ class MailboxCollector(Collector):
             ran = [snap.checks[c] for c in checks if c in snap.checks]
             if ran:
                 all_passed = len(ran) == len(checks) and all(r.success for r in ran)
-                up.add_metric([name], 1.0 if all_passed else 0.0)
+                f["o365_mailbox_up"].add_metric([name], 1.0 if all_passed else 0.0)
             for result in ran:
                 labels = [name, result.check]
-                success.add_metric(labels, 1.0 if result.success else 0.0)
-                duration.add_metric(labels, result.duration_seconds)
-                last_run.add_metric(labels, result.ended_at)
+                f["o365_mailbox_check_success"].add_metric(labels, 1.0 if result.success else 0.0)
+                f["o365_mailbox_check_duration_seconds"].add_metric(labels, result.duration_seconds)
+                f["o365_mailbox_check_last_run_timestamp_seconds"].add_metric(
+                    labels, result.ended_at
+                )
                 if result.check in snap.last_success:
-                    last_success.add_metric(labels, snap.last_success[result.check])
+                    f["o365_mailbox_check_last_success_timestamp_seconds"].add_metric(
+                        labels, snap.last_success[result.check]
+                    )
                 m = result.measurement
                 if isinstance(m, TokenMeasurement):
-                    token_expiry.add_metric([name], m.expires_at)
+                    f["o365_mailbox_token_expiry_timestamp_seconds"].add_metric(
+                        [name], m.expires_at
+                    )
                 elif isinstance(m, FolderMeasurement):
-                    messages.add_metric([name, m.folder], m.messages)
+                    f["o365_mailbox_folder_messages"].add_metric([name, m.folder], m.messages)
                     if m.unseen is not None:
-                        unseen.add_metric([name, m.folder], m.unseen)
+                        f["o365_mailbox_folder_unseen_messages"].add_metric(
+                            [name, m.folder], m.unseen
+                        )
                     if m.oldest_timestamp is not None:
-                        oldest.add_metric([name, m.folder], m.oldest_timestamp)
+                        f["o365_mailbox_folder_oldest_message_timestamp_seconds"].add_metric(
+                            [name, m.folder], m.oldest_timestamp
+                        )
                 elif isinstance(m, OversizedMeasurement):
-                    oversized.add_metric([name, m.folder], m.count)
-                    largest.add_metric([name, m.folder], m.largest_bytes)
+                    f["o365_mailbox_oversized_messages"].add_metric([name, m.folder], m.count)
+                    f["o365_mailbox_oversized_largest_bytes"].add_metric(
+                        [name, m.folder], m.largest_bytes
+                    )
             for (check, reason, code), count in sorted(snap.failures_total.items()):
-                failures.add_metric([name, check, reason, code], count)
+                f["o365_mailbox_check_failures"].add_metric([name, check, reason, code], count)
         for name, value in sorted(thresholds.items()):
-            threshold.add_metric([name], value)
+            f["o365_mailbox_oversized_threshold_bytes"].add_metric([name], value)
 
-        build = GaugeMetricFamily(
-            P + "exporter_build_info", "Build information; always 1.", labels=["version"]
+        f["o365_mailbox_exporter_build_info"].add_metric([__version__], 1.0)
+        f["o365_mailbox_exporter_config_last_reload_successful"].add_metric(
+            [], 1.0 if self.reload_ok() else 0.0
         )
-        build.add_metric([__version__], 1.0)
-        reload_metric = GaugeMetricFamily(
-            P + "exporter_config_last_reload_successful",
-            "1 if the latest configuration (re)load succeeded, else 0.",
-        )
-        reload_metric.add_metric([], 1.0 if self.reload_ok() else 0.0)
 
-        yield from (
-            up,
-            success,
-            duration,
-            last_run,
-            last_success,
-            failures,
-            token_expiry,
-            messages,
-            unseen,
-            oldest,
-            oversized,
-            largest,
-            threshold,
-            build,
-            reload_metric,
-        )
+        yield from f.values()
