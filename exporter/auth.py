@@ -22,11 +22,14 @@ from urllib.parse import urlsplit
 
 import msal
 import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from msal_extensions import FilePersistence, PersistedTokenCache
 
 from exporter.config import MailboxConfig, read_secret
 from exporter.errors import SecretError, StateError
 from exporter.failures import CheckFailed, Failure, classify_token_error, fail, scrub
+from exporter.tlsinfo import first_certificate_pem
 
 log = logging.getLogger(__name__)
 
@@ -163,12 +166,7 @@ def token_cache(state_dir: Path, mailbox: str) -> PersistedTokenCache:
 
 
 def _certificate_credential(pem: str) -> dict[str, str]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-
-    start = pem.index("-----BEGIN CERTIFICATE-----")
-    end = pem.index("-----END CERTIFICATE-----") + len("-----END CERTIFICATE-----")
-    certificate_pem = pem[start:end]
+    certificate_pem = first_certificate_pem(pem)
     certificate = x509.load_pem_x509_certificate(certificate_pem.encode())
     return {
         "private_key": pem,

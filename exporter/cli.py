@@ -22,7 +22,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from exporter import __version__
-from exporter.checks import FolderMeasurement, OversizedMeasurement, TokenMeasurement
+from exporter.checks import (
+    FolderMeasurement,
+    Measurement,
+    OversizedMeasurement,
+    TlsMeasurement,
+    TokenMeasurement,
+)
 from exporter.collector import MailboxCollector
 from exporter.config import Config, MailboxConfig, load_config
 from exporter.errors import ConfigError, ExporterError
@@ -147,20 +153,25 @@ def run_check(config: Config, mailbox_name: str | None, output: str) -> int:
     return EXIT_OK if passed else EXIT_FAILED
 
 
-def _measurement_json(result: CheckResult) -> dict[str, Any]:
-    m = result.measurement
+def _measurement_json(m: Measurement) -> dict[str, Any]:
+    """One measurement as JSON fields; the Sent folder and credentials nest under their key."""
     if isinstance(m, TokenMeasurement):
         return {"token_expiry_timestamp_seconds": round(m.expires_at)}
     if isinstance(m, FolderMeasurement):
-        return {
+        fields = {
             "folder": m.folder,
             "messages": m.messages,
             "unseen_messages": m.unseen,
             "oldest_message_timestamp_seconds": m.oldest_timestamp,
+            "uidnext": m.uidnext,
+            "uidvalidity": m.uidvalidity,
         }
+        return {"sent": fields} if m.folder == "sent" else fields
     if isinstance(m, OversizedMeasurement):
         return {"folder": m.folder, "oversized_messages": m.count, "largest_bytes": m.largest_bytes}
-    return {}
+    if isinstance(m, TlsMeasurement):
+        return {"tls_certificate_expiry_timestamp_seconds": round(m.not_after)}
+    return {"credential_expiry_timestamp_seconds": {m.kind: round(m.expires_at)}}
 
 
 def _result_json(result: CheckResult) -> dict[str, Any]:
@@ -173,8 +184,7 @@ def _result_json(result: CheckResult) -> dict[str, Any]:
         "code": failure.code if failure else None,
         "message": failure.message if failure else None,
         "hint": failure.remediation if failure else None,
-        **_measurement_json(result),
-    }
+    } | {key: value for m in result.measurements for key, value in _measurement_json(m).items()}
 
 
 def _iso(timestamp: float | None) -> str:
@@ -183,16 +193,23 @@ def _iso(timestamp: float | None) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def _summary(result: CheckResult) -> str:
-    m = result.measurement
+def _summary_of(m: Measurement) -> str:
     if isinstance(m, TokenMeasurement):
         return f"token valid until {_iso(m.expires_at)}"
     if isinstance(m, FolderMeasurement):
+        if m.folder == "sent":
+            return f"sent folder: {m.messages} messages"
         unseen = f", {m.unseen} unseen" if m.unseen is not None else ""
         return f"{m.messages} messages{unseen}, oldest {_iso(m.oldest_timestamp)}"
     if isinstance(m, OversizedMeasurement):
         return f"{m.count} oversized, largest {m.largest_bytes} bytes"
-    return ""
+    if isinstance(m, TlsMeasurement):
+        return f"server certificate valid until {_iso(m.not_after)}"
+    return f"{m.kind.replace('_', ' ')} expires {_iso(m.expires_at)}"
+
+
+def _summary(result: CheckResult) -> str:
+    return "; ".join(_summary_of(m) for m in result.measurements)
 
 
 def _table(outcomes: list[tuple[MailboxConfig, list[CheckResult]]]) -> str:

@@ -12,7 +12,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from exporter import __version__
-from exporter.checks import FolderMeasurement, OversizedMeasurement, TokenMeasurement
+from exporter.checks import (
+    CredentialMeasurement,
+    FolderMeasurement,
+    Measurement,
+    OversizedMeasurement,
+    TlsMeasurement,
+    TokenMeasurement,
+)
 from exporter.config import Config
 from exporter.results import ResultStore
 from exporter.runner import runnable_checks
@@ -87,6 +94,22 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "The configured oversized threshold.",
         ("mailbox",),
     ),
+    "o365_mailbox_folder_arrived_messages": (
+        "counter",
+        "New messages in the folder, from UIDNEXT growth between runs.",
+        ("mailbox", "folder"),
+    ),
+    "o365_mailbox_credential_expiry_timestamp_seconds": (
+        "gauge",
+        "Expiry of the mailbox's credential: kind=certificate from certificate_file, "
+        "kind=client_secret from auth.client_secret_expires.",
+        ("mailbox", "kind"),
+    ),
+    "o365_mailbox_tls_certificate_expiry_timestamp_seconds": (
+        "gauge",
+        "notAfter of the server certificate seen in the latest run's TLS handshake.",
+        ("mailbox", "endpoint"),
+    ),
     "o365_mailbox_exporter_build_info": ("gauge", "Build information; always 1.", ("version",)),
     "o365_mailbox_exporter_config_last_reload_successful": (
         "gauge",
@@ -96,7 +119,10 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
 }
 
 
-def _family(name: str) -> GaugeMetricFamily | CounterMetricFamily:
+Family = GaugeMetricFamily | CounterMetricFamily
+
+
+def _family(name: str) -> Family:
     kind, documentation, labels = FAMILIES[name]
     family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
     return family(name, documentation, labels=list(labels))
@@ -146,28 +172,12 @@ class MailboxCollector(Collector):
                     f["o365_mailbox_check_last_success_timestamp_seconds"].add_metric(
                         labels, snap.last_success[result.check]
                     )
-                m = result.measurement
-                if isinstance(m, TokenMeasurement):
-                    f["o365_mailbox_token_expiry_timestamp_seconds"].add_metric(
-                        [name], m.expires_at
-                    )
-                elif isinstance(m, FolderMeasurement):
-                    f["o365_mailbox_folder_messages"].add_metric([name, m.folder], m.messages)
-                    if m.unseen is not None:
-                        f["o365_mailbox_folder_unseen_messages"].add_metric(
-                            [name, m.folder], m.unseen
-                        )
-                    if m.oldest_timestamp is not None:
-                        f["o365_mailbox_folder_oldest_message_timestamp_seconds"].add_metric(
-                            [name, m.folder], m.oldest_timestamp
-                        )
-                elif isinstance(m, OversizedMeasurement):
-                    f["o365_mailbox_oversized_messages"].add_metric([name, m.folder], m.count)
-                    f["o365_mailbox_oversized_largest_bytes"].add_metric(
-                        [name, m.folder], m.largest_bytes
-                    )
+                for m in result.measurements:
+                    self._add_measurement(f, name, m)
             for (check, reason, code), count in sorted(snap.failures_total.items()):
                 f["o365_mailbox_check_failures"].add_metric([name, check, reason, code], count)
+            for folder, arrived in sorted(snap.arrived_total.items()):
+                f["o365_mailbox_folder_arrived_messages"].add_metric([name, folder], arrived)
         for name, value in sorted(thresholds.items()):
             f["o365_mailbox_oversized_threshold_bytes"].add_metric([name], value)
 
@@ -177,3 +187,27 @@ class MailboxCollector(Collector):
         )
 
         yield from f.values()
+
+    @staticmethod
+    def _add_measurement(f: dict[str, Family], name: str, m: Measurement) -> None:
+        if isinstance(m, TokenMeasurement):
+            f["o365_mailbox_token_expiry_timestamp_seconds"].add_metric([name], m.expires_at)
+        elif isinstance(m, FolderMeasurement):
+            f["o365_mailbox_folder_messages"].add_metric([name, m.folder], m.messages)
+            if m.unseen is not None:
+                f["o365_mailbox_folder_unseen_messages"].add_metric([name, m.folder], m.unseen)
+            if m.oldest_timestamp is not None:
+                f["o365_mailbox_folder_oldest_message_timestamp_seconds"].add_metric(
+                    [name, m.folder], m.oldest_timestamp
+                )
+        elif isinstance(m, OversizedMeasurement):
+            f["o365_mailbox_oversized_messages"].add_metric([name, m.folder], m.count)
+            f["o365_mailbox_oversized_largest_bytes"].add_metric([name, m.folder], m.largest_bytes)
+        elif isinstance(m, TlsMeasurement):
+            f["o365_mailbox_tls_certificate_expiry_timestamp_seconds"].add_metric(
+                [name, m.endpoint], m.not_after
+            )
+        elif isinstance(m, CredentialMeasurement):
+            f["o365_mailbox_credential_expiry_timestamp_seconds"].add_metric(
+                [name, m.kind], m.expires_at
+            )

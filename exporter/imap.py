@@ -146,6 +146,16 @@ class ImapSession:
             uidvalidity=_optional_int(info.get(b"UIDVALIDITY")),
         )
 
+    def status(self, folder: str) -> FolderStatus:
+        """STATUS of a folder that is not selected: count, UIDNEXT, UIDVALIDITY."""
+        items = [b"MESSAGES", b"UIDNEXT", b"UIDVALIDITY"]
+        status = self._call(f"STATUS {folder}", self._client.folder_status, folder, items)
+        return FolderStatus(
+            messages=int(status[b"MESSAGES"]),
+            uidnext=_optional_int(status.get(b"UIDNEXT")),
+            uidvalidity=_optional_int(status.get(b"UIDVALIDITY")),
+        )
+
     def unseen(self, folder: str) -> int:
         status = self._call("STATUS", self._client.folder_status, folder, [b"UNSEEN"])
         return int(status[b"UNSEEN"])

@@ -10,7 +10,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
-from exporter.checks import Measurement
+from exporter.checks import FolderMeasurement, Measurement
 from exporter.failures import Failure
 
 
@@ -21,7 +21,7 @@ class CheckResult:
     duration_seconds: float
     ended_at: float  # unix time
     failure: Failure | None = None
-    measurement: Measurement | None = None
+    measurements: tuple[Measurement, ...] = ()
 
 
 @dataclass
@@ -29,6 +29,19 @@ class MailboxResults:
     checks: dict[str, CheckResult] = field(default_factory=dict)
     last_success: dict[str, float] = field(default_factory=dict)
     failures_total: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    arrived_total: Counter[str] = field(default_factory=Counter)  # folder -> messages
+    uid_marks: dict[str, tuple[int, int]] = field(default_factory=dict)  # (UIDVALIDITY, UIDNEXT)
+
+    def count_arrivals(self, m: FolderMeasurement) -> None:
+        """New messages from UIDNEXT growth; a UIDVALIDITY change restarts without a jump."""
+        if m.uidnext is None or m.uidvalidity is None:
+            return
+        previous = self.uid_marks.get(m.folder)
+        if previous is not None and previous[0] == m.uidvalidity and m.uidnext > previous[1]:
+            self.arrived_total[m.folder] += m.uidnext - previous[1]
+        else:
+            self.arrived_total[m.folder] += 0  # the series exists from the first run
+        self.uid_marks[m.folder] = (m.uidvalidity, m.uidnext)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +50,7 @@ class MailboxSnapshot:
     checks: dict[str, CheckResult]
     last_success: dict[str, float]
     failures_total: dict[tuple[str, str, str], int]  # (check, reason, code) -> count
+    arrived_total: dict[str, int]  # folder -> messages
 
 
 class ResultStore:
@@ -48,6 +62,9 @@ class ResultStore:
         with self._lock:
             state = self._mailboxes.setdefault(mailbox, MailboxResults())
             state.checks[result.check] = result
+            for measurement in result.measurements:
+                if isinstance(measurement, FolderMeasurement):
+                    state.count_arrivals(measurement)
             if result.success:
                 state.last_success[result.check] = result.ended_at
             elif result.failure is not None:
@@ -81,6 +98,7 @@ class ResultStore:
                     checks=dict(state.checks),
                     last_success=dict(state.last_success),
                     failures_total=dict(state.failures_total),
+                    arrived_total=dict(state.arrived_total),
                 )
                 for name, state in sorted(self._mailboxes.items())
             ]

@@ -180,7 +180,7 @@ class MailboxRunner:
         start_wall = self.clock()
         start = time.monotonic()
         backoff = self.backoff.get(name)
-        measurement = None
+        ctx.measurements = []
         failure: Failure | None = None
         if spec.needs is not None and spec.needs not in passed:
             failure = Failure("dependency", "", f"{spec.needs} did not pass in this run")
@@ -199,13 +199,13 @@ class MailboxRunner:
 
             def abort() -> None:
                 aborted.set()
-                if ctx.imap is not None:
-                    ctx.imap.abort()
+                for break_connection in ctx.aborters:
+                    break_connection()
                 ctx.auth.session.close()
 
             disarm = self.watchdog.arm(start + self.mailbox.timeout, abort)
             try:
-                measurement = spec.run(ctx)
+                spec.run(ctx)
             except CheckFailed as err:
                 failure = err.failure
             except Exception as err:
@@ -227,12 +227,12 @@ class MailboxRunner:
             duration_seconds=duration,
             ended_at=start_wall + duration,
             failure=failure,
-            measurement=measurement if failure is None else None,
+            measurements=tuple(ctx.measurements),
         )
 
 
 def runnable_checks(mailbox: MailboxConfig) -> tuple[str, ...]:
-    """The mailbox's enabled checks that this release implements (smtp_login comes later)."""
+    """The mailbox's enabled checks that this release implements."""
     return tuple(name for name in mailbox.checks if name in CHECKS)
 
 

@@ -1,8 +1,10 @@
 """The checks: one function per check with one signature, and an explicit name -> check table.
 
-A check takes the run's `RunContext`, does its network work through `auth`/`imap`, and either
-returns its measurement (or None) or raises `CheckFailed`. Checks run in the table's order;
-a check whose prerequisite did not pass is reported as failed with reason `dependency`.
+A check takes the run's `RunContext`, does its network work through `auth`/`imap`/`smtp`,
+records what it measured with `ctx.record(...)` as soon as it knows it (so a TLS certificate's
+expiry is kept even when the login after the handshake fails), and returns None or raises
+`CheckFailed`. Checks run in the table's order; a check whose prerequisite did not pass is
+reported as failed with reason `dependency`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,20 @@ class FolderMeasurement:
     messages: int
     unseen: int | None
     oldest_timestamp: float | None
+    uidnext: int | None = None  # with uidvalidity: the arrival counter's input
+    uidvalidity: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TlsMeasurement:
+    endpoint: str  # imap, smtp
+    not_after: float  # the server certificate's notAfter, unix time
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialMeasurement:
+    kind: str  # certificate, client_secret
+    expires_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +52,13 @@ class OversizedMeasurement:
     largest_bytes: int
 
 
-Measurement = TokenMeasurement | FolderMeasurement | OversizedMeasurement
+Measurement = (
+    TokenMeasurement
+    | FolderMeasurement
+    | OversizedMeasurement
+    | TlsMeasurement
+    | CredentialMeasurement
+)
 
 
 @dataclass
@@ -49,14 +71,19 @@ class RunContext:
     token: Token | None = None
     imap: ImapSession | None = None
     inbox_status: FolderStatus | None = None
-    extras: dict[str, object] = field(default_factory=dict)
+    measurements: list[Measurement] = field(default_factory=list)  # of the running check
+    # Called from the watchdog's thread when a check overruns: each breaks one connection.
+    aborters: list[Callable[[], None]] = field(default_factory=list)
+
+    def record(self, measurement: Measurement) -> None:
+        self.measurements.append(measurement)
 
     def session(self) -> ImapSession:
         assert self.imap is not None, "imap_login runs before every IMAP check"
         return self.imap
 
 
-CheckFunc = Callable[[RunContext], Measurement | None]
+CheckFunc = Callable[[RunContext], None]
 
 
 @dataclass(frozen=True, slots=True)

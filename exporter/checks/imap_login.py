@@ -1,19 +1,24 @@
 """`imap_login`: TLS connect, AUTHENTICATE XOAUTH2, then EXAMINE of the inbox.
 
 A login can succeed while the mailbox is unusable ("authenticated but not connected");
-only the EXAMINE shows it, so it is part of this check.
+only the EXAMINE shows it, so it is part of this check. The server certificate's notAfter is
+read from the handshake this check makes anyway.
 """
 
 from __future__ import annotations
 
-from exporter.checks import Measurement, RunContext
+from exporter.checks import RunContext, TlsMeasurement
 from exporter.imap import ImapSession
+from exporter.tlsinfo import not_after_der
 
 
-def check_imap_login(ctx: RunContext) -> Measurement | None:
+def check_imap_login(ctx: RunContext) -> None:
     assert ctx.token is not None, "the token check runs first"
     mailbox = ctx.mailbox
     ctx.imap = ImapSession.connect(mailbox.imap.host, mailbox.imap.port, ctx.tls, mailbox.timeout)
+    ctx.aborters.append(ctx.imap.abort)
+    certificate = ctx.imap.peer_certificate()
+    if certificate is not None:
+        ctx.record(TlsMeasurement("imap", not_after_der(certificate)))
     ctx.imap.login(mailbox.username, ctx.token.access_token)
     ctx.inbox_status = ctx.imap.examine(mailbox.folders.inbox)
-    return None

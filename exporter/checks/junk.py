@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from exporter.checks import FolderMeasurement, Measurement, RunContext
+from exporter.checks import FolderMeasurement, RunContext
 from exporter.failures import fail
 from exporter.imap import JUNK
 
 
-def check_junk(ctx: RunContext) -> Measurement | None:
+def check_junk(ctx: RunContext) -> None:
     session = ctx.session()
     configured = ctx.mailbox.folders.junk
     folder = session.find_folder(JUNK, configured)
@@ -19,9 +19,11 @@ def check_junk(ctx: RunContext) -> Measurement | None:
         )
     status = session.examine(folder)
     oldest = session.oldest_internaldate(status.messages)
-    return FolderMeasurement(
-        folder="junk",
-        messages=status.messages,
-        unseen=None,
-        oldest_timestamp=oldest.timestamp() if oldest is not None else None,
+    ctx.record(
+        FolderMeasurement(
+            folder="junk",
+            messages=status.messages,
+            unseen=None,
+            oldest_timestamp=oldest.timestamp() if oldest is not None else None,
+        )
     )
