@@ -93,7 +93,7 @@ class CheckSpec:
 
 
 def _table() -> dict[str, CheckSpec]:
-    from exporter.checks import imap_login, inbox, junk, oversized, token
+    from exporter.checks import imap_login, inbox, junk, oversized, smtp_login, token
 
     return {
         "token": CheckSpec(token.check_token, needs=None),
@@ -101,6 +101,7 @@ def _table() -> dict[str, CheckSpec]:
         "inbox": CheckSpec(inbox.check_inbox, needs="imap_login"),
         "oversized": CheckSpec(oversized.check_oversized, needs="imap_login"),
         "junk": CheckSpec(junk.check_junk, needs="imap_login"),
+        "smtp_login": CheckSpec(smtp_login.check_smtp_login, needs="token"),
     }
 
 

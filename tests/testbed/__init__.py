@@ -26,6 +26,7 @@ from .mail import (
     make_message,
     virtual_size,
 )
+from .smtp import ExchangeLikeSmtp, SmtpSink
 
 __all__ = [
     "AADSTS_ERRORS",
@@ -43,9 +44,11 @@ __all__ = [
     "DovecotStartError",
     "EntraUnavailableError",
     "ErrorRule",
+    "ExchangeLikeSmtp",
     "FakeEntra",
     "LoggedRequest",
     "MessageInfo",
+    "SmtpSink",
     "address_value",
     "header_value",
     "maildir_info",

@@ -30,6 +30,7 @@ from imapclient import IMAPClient, imap_utf7
 
 from .entra import FakeEntra
 from .mail import maildir_info, virtual_size
+from .smtp import SmtpSink
 
 __all__ = ["EXCHANGE_FOLDERS", "Dovecot", "DovecotStartError", "MessageInfo"]
 
@@ -101,6 +102,7 @@ class Dovecot:
         host: str = "127.0.0.1",
         folders: Mapping[str, str] | None = None,
         binary: str = DOVECOT_BINARY,
+        submission: bool = False,
     ) -> None:
         self.workdir = Path(workdir)
         self.ca = ca
@@ -110,6 +112,11 @@ class Dovecot:
         self.binary = binary
         self.protocols: list[str] = ["imap"]
         self.extra_config: list[str] = []
+        # SMTP submission (STARTTLS, AUTH XOAUTH2 via the same oauth2 passdb), relaying to a
+        # local sink that records anything sent (the exporter must never send).
+        self.submission = submission
+        self.sink: SmtpSink | None = None
+        self.submission_port: int | None = None
         self.max_connections_per_user = 20  # Exchange Online allows about 20 per mailbox
         self.startup_seconds: float | None = None
         self._port: int | None = None
@@ -265,10 +272,29 @@ class Dovecot:
 
     # ------------------------------------------------------------------ lifecycle
 
+    def _add_submission(self) -> None:
+        self.sink = SmtpSink(self.host).start()
+        self.submission_port = _free_port(self.host)
+        self.protocols.append("submission")
+        self.extra_config.append(
+            "hostname = mail.contoso.test\n"
+            f"submission_relay_host = {self.host}\n"
+            f"submission_relay_port = {self.sink.port}\n"
+            "submission_relay_trusted = yes\n"
+            "service submission-login {\n"
+            "  inet_listener submission {\n"
+            f"    address = {self.host}\n"
+            f"    port = {self.submission_port}\n"
+            "  }\n"
+            "}\n"
+        )
+
     def start(self, timeout: float = 10.0) -> Dovecot:
         """Write the configuration, run ``dovecot -F -c CONF`` and wait for the greeting."""
         if self._proc is not None:
             return self
+        if self.submission and self.sink is None:
+            self._add_submission()
         if len(str(self.workdir / "run")) > _MAX_SOCKET_DIR:
             self._short_run_dir = tempfile.mkdtemp(prefix="dcrun-")
         for attempt in range(3):
@@ -322,6 +348,9 @@ class Dovecot:
 
     def stop(self) -> None:
         self._terminate()
+        if self.sink is not None:
+            self.sink.stop()
+            self.sink = None
         if self._short_run_dir is not None:
             shutil.rmtree(self._short_run_dir, ignore_errors=True)
             self._short_run_dir = None

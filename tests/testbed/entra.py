@@ -839,6 +839,11 @@ class FakeEntra:
         with self._lock:
             return list(self._server_errors)
 
+    def introspect(self, token: str) -> dict[str, Any]:
+        """What the introspection endpoint answers for ``token`` (for in-process peers such as
+        the Exchange-like SMTP server)."""
+        return self._introspect({"token": token})
+
     def introspections(self, username: str | None = None) -> int:
         """How many introspection calls (one per IMAP XOAUTH2 login) were made."""
         with self._lock:

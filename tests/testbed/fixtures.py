@@ -7,7 +7,9 @@ Enable with ``pytest_plugins = ["tests.testbed.fixtures"]`` in the top-level con
   or through another fixture) its counters and request log are reset; after the test its
   injected errors and behaviour switches are restored. Users and apps stay.
 * ``entra_clean`` - the same object, named for tests that want to say so.
-* ``dovecot`` - a started :class:`Dovecot` (session) validating tokens against ``entra``.
+* ``dovecot`` - a started :class:`Dovecot` (session) validating tokens against ``entra``, with
+  its SMTP submission service on ``dovecot.submission_port`` relaying to ``dovecot.sink``.
+* ``exchange_smtp`` - an :class:`ExchangeLikeSmtp` (session) answering like smtp.office365.com.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import trustme
 
 from .dovecot import Dovecot
 from .entra import FakeEntra, start_fake_entra
+from .smtp import ExchangeLikeSmtp
 
-__all__ = ["ca", "dovecot", "entra", "entra_clean"]
+__all__ = ["ca", "dovecot", "entra", "entra_clean", "exchange_smtp"]
 
 
 @pytest.fixture(scope="session")
@@ -59,8 +62,17 @@ def entra_clean(entra: FakeEntra) -> FakeEntra:
 def dovecot(
     tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA, entra: FakeEntra
 ) -> Iterator[Dovecot]:
-    server = Dovecot(tmp_path_factory.mktemp("dovecot"), ca, entra)
+    server = Dovecot(tmp_path_factory.mktemp("dovecot"), ca, entra, submission=True)
     server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def exchange_smtp(ca: trustme.CA, entra: FakeEntra) -> Iterator[ExchangeLikeSmtp]:
+    server = ExchangeLikeSmtp(ca, entra).start()
     try:
         yield server
     finally:
