@@ -106,6 +106,9 @@ def test_metrics_show_every_core_metric(
     assert v(oldest, **junk) == expected.junk_oldest
     expiry = v("o365_mailbox_token_expiry_timestamp_seconds", **box)
     assert expiry is not None and abs(expiry - (time.time() + entra.access_token_lifetime)) < 30
+    tls_expiry = v("o365_mailbox_tls_certificate_expiry_timestamp_seconds", **box, endpoint="imap")
+    assert tls_expiry is not None and tls_expiry > time.time() + 86400
+    assert v("o365_mailbox_folder_arrived_messages_total", **inbox) == 0.0
     assert v("o365_mailbox_exporter_build_info", version="0.1.0") == 1.0
     assert v("o365_mailbox_exporter_config_last_reload_successful") == 1.0
     assert not any(name == "o365_mailbox_check_failures_total" for name, _ in m)
