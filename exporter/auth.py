@@ -7,6 +7,7 @@ Knows nothing of metrics. `MailboxAuth.refresh()` either returns a fresh `Token`
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import ssl
@@ -25,6 +26,7 @@ import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from msal_extensions import FilePersistence, PersistedTokenCache
+from msal_extensions.persistence import PersistenceNotFound
 
 from exporter.config import MailboxConfig, read_secret
 from exporter.errors import SecretError, StateError
@@ -148,6 +150,20 @@ class AtomicFilePersistence(FilePersistence):  # type: ignore[misc]
 
     def save(self, content: str) -> None:
         _atomic_write(Path(self.get_location()), content.encode("utf-8"), 0o600)
+
+    def load(self) -> str:
+        """The cache text; a corrupt file (not JSON) is set aside and treated as empty, so a
+        damaged cache costs one password sign-in, never a crash or a permanent failure."""
+        content: str = super().load()
+        try:
+            json.loads(content)
+        except ValueError:
+            location = Path(self.get_location())
+            aside = location.with_name(f"{location.name}.corrupt-{int(time.time())}")
+            os.replace(location, aside)
+            log.warning("token cache is corrupt; set aside", extra={"path": str(aside)})
+            raise PersistenceNotFound(location=str(location)) from None
+        return content
 
 
 def ensure_state_dir(state_dir: Path) -> None:
