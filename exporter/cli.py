@@ -38,6 +38,7 @@ from exporter.results import CheckResult
 from exporter.runner import MailboxRunner, Watchdog
 from exporter.service import Service
 from exporter.web import ExporterApp, make_http_server
+from exporter.webconfig import WebConfig, load_web_config
 
 log = logging.getLogger("exporter")
 
@@ -74,6 +75,12 @@ def build_parser(command: str) -> argparse.ArgumentParser:
             help="validate the config file and exit (0 valid, 2 invalid)",
         )
         parser.add_argument(
+            "--web.config.file",
+            dest="web_config",
+            metavar="FILE",
+            help="TLS and basic auth for the HTTP endpoints (exporter-toolkit format)",
+        )
+        parser.add_argument(
             "--checks.max-concurrency",
             dest="max_concurrency",
             type=int,
@@ -106,10 +113,15 @@ def main(argv: list[str] | None = None) -> int:
             return run_check(config, args.mailbox, args.output)
         if command == "login":
             return run_login(config, args.mailbox)
+        web_config = load_web_config(args.web_config) if args.web_config else None
         if args.config_check:
             print(f"{args.config_file}: ok ({len(config.mailboxes)} mailboxes)", file=sys.stderr)
             return EXIT_OK
-        return serve(config, Path(args.config_file), args.listen, args.max_concurrency)
+        return serve(config, Path(args.config_file), args.listen, args.max_concurrency, web_config)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_USAGE
     except ExporterError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -269,7 +281,13 @@ def run_login(config: Config, mailbox_name: str) -> int:
 
 
 # -- serve ------------------------------------------------------------------------------------
-def serve(config: Config, config_path: Path, listen: str, max_concurrency: int) -> int:
+def serve(
+    config: Config,
+    config_path: Path,
+    listen: str,
+    max_concurrency: int,
+    web_config: WebConfig | None = None,
+) -> int:
     service = Service(config_path, max_concurrency=max_concurrency)
     registry = CollectorRegistry()
     registry.register(
@@ -277,7 +295,7 @@ def serve(config: Config, config_path: Path, listen: str, max_concurrency: int) 
     )
     ProcessCollector(registry=registry)
     try:
-        server = make_http_server(listen, ExporterApp(service, registry))
+        server = make_http_server(listen, ExporterApp(service, registry), web_config)
     except (OSError, ValueError) as err:
         print(f"error: cannot listen on {listen}: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
@@ -18,6 +19,7 @@ from exporter.failures import hint_for
 from exporter.results import MailboxSnapshot
 from exporter.runner import runnable_checks
 from exporter.service import Service
+from exporter.webconfig import BasicAuth, WebConfig
 
 StartResponse = Callable[..., Any]
 
@@ -130,6 +132,25 @@ class _QuietHandler(WSGIRequestHandler):
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
+    tls: ssl.SSLContext | None = None
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = super().get_request()
+        if self.tls is None:
+            return sock, address
+        # The handshake happens in the request's own thread (finish_request), so a slow or
+        # hostile client never blocks the accept loop.
+        return self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            request.settimeout(10)
+            try:
+                request.do_handshake()
+            except (ssl.SSLError, OSError):
+                return  # no client certificate, wrong CA, plain HTTP to a TLS port ...
+            request.settimeout(None)
+        super().finish_request(request, client_address)
 
 
 class _ThreadingWSGIServerV6(_ThreadingWSGIServer):
@@ -145,7 +166,16 @@ def parse_listen_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def make_http_server(address: str, app: ExporterApp) -> WSGIServer:
+def make_http_server(
+    address: str, app: ExporterApp, web_config: WebConfig | None = None
+) -> WSGIServer:
+    """The HTTP(S) server; `web_config` adds TLS and basic auth (see exporter/webconfig.py)."""
     host, port = parse_listen_address(address)
     server_class = _ThreadingWSGIServerV6 if ":" in host else _ThreadingWSGIServer
-    return make_server(host or "0.0.0.0", port, app, server_class, _QuietHandler)  # noqa: S104
+    wsgi: Any = app
+    if web_config is not None and web_config.basic_auth_users:
+        wsgi = BasicAuth(app, web_config.basic_auth_users)
+    server = make_server(host or "0.0.0.0", port, wsgi, server_class, _QuietHandler)  # noqa: S104
+    if web_config is not None and isinstance(server, _ThreadingWSGIServer):
+        server.tls = web_config.tls
+    return server
