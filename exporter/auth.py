@@ -254,9 +254,12 @@ class MailboxAuth:
         return app
 
     # -- the token check ---------------------------------------------------------------------
-    def refresh(self) -> Token:
-        """Obtain a new access token from the network, never from the cache."""
+    def refresh(self, timeout: float | None = None) -> Token:
+        """Obtain a new access token from the network, never from the cache.
+
+        `timeout` bounds each HTTP request (default: the mailbox's timeout)."""
         with self._lock:
+            self.session.default_timeout = timeout or self.mailbox.timeout
             secret = self._secret()
             self.session.forget()
             app = self._application(secret)

@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from exporter.failures import CheckFailed
 from exporter.logs import LEVELS, setup_logging
 from exporter.results import CheckResult
 from exporter.runner import MailboxRunner, Watchdog
-from exporter.service import Service
+from exporter.service import Service, Shard
 from exporter.web import ExporterApp, make_http_server
 from exporter.webconfig import WebConfig, load_web_config
 
@@ -87,6 +88,18 @@ def build_parser(command: str) -> argparse.ArgumentParser:
             default=16,
             help="mailbox runs at once (default 16)",
         )
+        parser.add_argument(
+            "--shard",
+            type=_shard,
+            metavar="I/N",
+            help="own only the mailboxes whose stable hash is I modulo N (0 <= I < N)",
+        )
+        parser.add_argument(
+            "--probe.only",
+            dest="probe_only",
+            action="store_true",
+            help="run no schedule; run a mailbox's checks when /probe?mailbox=NAME asks",
+        )
     if command == "check":
         parser.add_argument("--mailbox", metavar="NAME")
         parser.add_argument("--output", choices=("table", "json"), default="table")
@@ -117,7 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.config_check:
             print(f"{args.config_file}: ok ({len(config.mailboxes)} mailboxes)", file=sys.stderr)
             return EXIT_OK
-        return serve(config, Path(args.config_file), args.listen, args.max_concurrency, web_config)
+        options = ServeOptions(
+            listen=args.listen,
+            max_concurrency=args.max_concurrency,
+            web_config=web_config,
+            shard=args.shard,
+            scheduled=not args.probe_only,
+        )
+        return serve(config, Path(args.config_file), options)
     except ConfigError as err:
         for problem in err.problems:
             print(problem, file=sys.stderr)
@@ -281,21 +301,37 @@ def run_login(config: Config, mailbox_name: str) -> int:
 
 
 # -- serve ------------------------------------------------------------------------------------
-def serve(
-    config: Config,
-    config_path: Path,
-    listen: str,
-    max_concurrency: int,
-    web_config: WebConfig | None = None,
-) -> int:
-    service = Service(config_path, max_concurrency=max_concurrency)
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    listen: str = ":9865"
+    max_concurrency: int = 16
+    web_config: WebConfig | None = None
+    shard: Shard | None = None
+    scheduled: bool = True  # False: multi-target mode, checks run only through /probe
+
+
+def _shard(text: str) -> Shard:
+    try:
+        return Shard.parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def serve(config: Config, config_path: Path, options: ServeOptions) -> int:
+    listen = options.listen
+    service = Service(
+        config_path,
+        max_concurrency=options.max_concurrency,
+        shard=options.shard,
+        scheduled=options.scheduled,
+    )
     registry = CollectorRegistry()
     registry.register(
         MailboxCollector(service.store, lambda: service.config, lambda: service.reload_ok)
     )
     ProcessCollector(registry=registry)
     try:
-        server = make_http_server(listen, ExporterApp(service, registry), web_config)
+        server = make_http_server(listen, ExporterApp(service, registry), options.web_config)
     except (OSError, ValueError) as err:
         print(f"error: cannot listen on {listen}: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -318,7 +354,9 @@ def serve(
         extra={
             "address": f"{host!s}:{port}",
             "version": __version__,
-            "mailboxes": len(config.mailboxes),
+            "mailboxes": len(service.config.mailboxes) if service.config else 0,
+            "shard": f"{options.shard.index}/{options.shard.count}" if options.shard else "",
+            "scheduled": options.scheduled,
         },
     )
     server.serve_forever(poll_interval=0.2)

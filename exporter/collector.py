@@ -134,10 +134,14 @@ class MailboxCollector(Collector):
         store: ResultStore,
         config: Callable[[], Config | None],
         reload_ok: Callable[[], bool],
+        exporter_metrics: bool = True,
     ) -> None:
+        """`config` decides which mailboxes appear (a /probe passes just one);
+        `exporter_metrics=False` leaves out the exporter's own build/reload families."""
         self.store = store
         self.config = config
         self.reload_ok = reload_ok
+        self.exporter_metrics = exporter_metrics
 
     def describe(self) -> Iterable[Metric]:
         return []  # registering must never trigger a check
@@ -181,11 +185,15 @@ class MailboxCollector(Collector):
         for name, value in sorted(thresholds.items()):
             f["o365_mailbox_oversized_threshold_bytes"].add_metric([name], value)
 
+        if not self.exporter_metrics:
+            del f["o365_mailbox_exporter_build_info"]
+            del f["o365_mailbox_exporter_config_last_reload_successful"]
+            yield from f.values()
+            return
         f["o365_mailbox_exporter_build_info"].add_metric([__version__], 1.0)
         f["o365_mailbox_exporter_config_last_reload_successful"].add_metric(
             [], 1.0 if self.reload_ok() else 0.0
         )
-
         yield from f.values()
 
     @staticmethod

@@ -146,8 +146,13 @@ class MailboxRunner:
             secret = ""
         return hashlib.sha256((self._config_digest + "\0" + secret).encode()).hexdigest()
 
-    def run(self, on_result: Callable[[CheckResult], None]) -> list[CheckResult]:
-        """Run every enabled check once, in table order, on one IMAP connection."""
+    def run(
+        self, on_result: Callable[[CheckResult], None], deadline: float | None = None
+    ) -> list[CheckResult]:
+        """Run every enabled check once, in table order, on one IMAP connection.
+
+        `deadline` (monotonic) bounds the whole run on top of each check's timeout: /probe
+        passes the scrape's timeout so that Prometheus always gets an answer in time."""
         setup_failure = self._prepare()
         results: list[CheckResult] = []
         if setup_failure is not None:
@@ -163,7 +168,7 @@ class MailboxRunner:
         fingerprint = self._fingerprint()
         try:
             for name in runnable_checks(self.mailbox):
-                result = self._run_one(ctx, name, passed, fingerprint)
+                result = self._run_one(ctx, name, passed, fingerprint, deadline)
                 if result.success:
                     passed.add(name)
                 results.append(result)
@@ -174,7 +179,12 @@ class MailboxRunner:
         return results
 
     def _run_one(
-        self, ctx: RunContext, name: str, passed: set[str], fingerprint: str
+        self,
+        ctx: RunContext,
+        name: str,
+        passed: set[str],
+        fingerprint: str,
+        deadline: float | None = None,
     ) -> CheckResult:
         spec = CHECKS[name]
         start_wall = self.clock()
@@ -182,8 +192,13 @@ class MailboxRunner:
         backoff = self.backoff.get(name)
         ctx.measurements = []
         failure: Failure | None = None
+        limit = start + self.mailbox.timeout
+        if deadline is not None:
+            limit = min(limit, deadline)
         if spec.needs is not None and spec.needs not in passed:
             failure = Failure("dependency", "", f"{spec.needs} did not pass in this run")
+        elif limit <= start:
+            failure = Failure("timeout", "", "no time left before the probe's deadline")
         elif backoff is not None and backoff.active(start_wall, fingerprint):
             cause = backoff.cause
             assert cause is not None
@@ -203,7 +218,8 @@ class MailboxRunner:
                     break_connection()
                 ctx.auth.session.close()
 
-            disarm = self.watchdog.arm(start + self.mailbox.timeout, abort)
+            ctx.deadline = limit
+            disarm = self.watchdog.arm(limit, abort)
             try:
                 spec.run(ctx)
             except CheckFailed as err:
@@ -214,7 +230,7 @@ class MailboxRunner:
             finally:
                 disarm()
             if aborted.is_set() and failure is not None:
-                failure = fail("timeout", f"no result within {self.mailbox.timeout:g}s").failure
+                failure = fail("timeout", f"no result within {limit - start:.3g}s").failure
             if backoff is not None:
                 if failure is None:
                     backoff.reset()

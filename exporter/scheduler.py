@@ -30,8 +30,12 @@ class _Entry:
 
 
 class Scheduler:
-    def __init__(self, store: ResultStore, max_concurrency: int = 16) -> None:
+    def __init__(
+        self, store: ResultStore, max_concurrency: int = 16, scheduled: bool = True
+    ) -> None:
+        """`scheduled=False` is the multi-target mode: mailboxes run only through run_now()."""
         self.store = store
+        self.scheduled = scheduled
         self.watchdog = Watchdog()
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="check")
         self._entries: dict[str, _Entry] = {}
@@ -71,8 +75,9 @@ class Scheduler:
                 self._generation += 1
                 runner = MailboxRunner(mailbox, config.state_dir, self.watchdog)
                 self._entries[name] = _Entry(runner, self._generation)
-                due = now + jitter(mailbox.interval, self._rng)
-                heapq.heappush(self._heap, (due, self._generation, name))
+                if self.scheduled:
+                    due = now + jitter(mailbox.interval, self._rng)
+                    heapq.heappush(self._heap, (due, self._generation, name))
             self.store.retain(set(wanted), {m.name: runnable_checks(m) for m in config.mailboxes})
             self._cond.notify()
 
@@ -102,7 +107,27 @@ class Scheduler:
                 entry.running = True
             self._pool.submit(self._run, name, entry)
 
-    def _run(self, name: str, entry: _Entry) -> None:
+    def run_now(self, name: str, deadline: float) -> bool:
+        """Run one mailbox now in the caller's thread (/probe), finishing by `deadline`
+        (monotonic). If a run of it is already going, wait for that one instead of starting a
+        second. Returns False when the mailbox is unknown. Raises TimeoutError when the
+        running one did not end in time."""
+        with self._cond:
+            entry = self._entries.get(name)
+            if entry is None:
+                return False
+            if entry.running:
+                while entry.running:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError(name)
+                    self._cond.wait(remaining)
+                return True
+            entry.running = True
+        self._run(name, entry, deadline)
+        return True
+
+    def _run(self, name: str, entry: _Entry, deadline: float | None = None) -> None:
         def record(result: CheckResult) -> None:
             with self._cond:
                 current = self._entries.get(name)
@@ -112,12 +137,13 @@ class Scheduler:
             log_result(entry.runner.mailbox, result)
 
         try:
-            entry.runner.run(record)
+            entry.runner.run(record, deadline)
         except Exception:
             log.exception("mailbox run crashed", extra={"mailbox": name})
         finally:
             with self._cond:
                 entry.running = False
+                self._cond.notify_all()
 
 
 def log_result(mailbox: MailboxConfig, result: CheckResult) -> None:

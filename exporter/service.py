@@ -6,8 +6,11 @@ sets the reload metric to 0.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from exporter.auth import ensure_state_dir
@@ -19,11 +22,37 @@ from exporter.scheduler import Scheduler
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """`--shard=I/N`: this replica owns the mailboxes whose stable hash is I modulo N."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        index, sep, count = text.partition("/")
+        if not (sep and index.isdigit() and count.isdigit() and int(index) < int(count)):
+            raise ValueError(f"--shard: {text!r} must be I/N with 0 <= I < N, e.g. 0/3")
+        return cls(int(index), int(count))
+
+    def owns(self, mailbox: str) -> bool:
+        digest = hashlib.sha256(mailbox.encode()).digest()
+        return int.from_bytes(digest[:8], "big") % self.count == self.index
+
+
 class Service:
-    def __init__(self, config_path: Path, max_concurrency: int = 16) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        max_concurrency: int = 16,
+        shard: Shard | None = None,
+        scheduled: bool = True,
+    ) -> None:
         self.config_path = config_path
+        self.shard = shard
         self.store = ResultStore()
-        self.scheduler = Scheduler(self.store, max_concurrency=max_concurrency)
+        self.scheduler = Scheduler(self.store, max_concurrency=max_concurrency, scheduled=scheduled)
         self._config: Config | None = None
         self._reload_ok = False
         self._lock = threading.Lock()
@@ -64,6 +93,9 @@ class Service:
             return []
 
     def _adopt(self, config: Config) -> None:
+        if self.shard is not None:
+            owned = tuple(m for m in config.mailboxes if self.shard.owns(m.name))
+            config = dataclasses.replace(config, mailboxes=owned)
         self.scheduler.apply(config)
         self._config = config
         self._reload_ok = True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import html
 import socket
 import ssl
@@ -9,12 +11,14 @@ import time
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
 from typing import Any
+from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from exporter import __version__
+from exporter.collector import MailboxCollector
 from exporter.failures import hint_for
 from exporter.results import MailboxSnapshot
 from exporter.runner import runnable_checks
@@ -35,6 +39,8 @@ class ExporterApp:
         if path == "/metrics":
             encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
             return self._reply(start_response, "200 OK", encoder(self.registry), content_type)
+        if path == "/probe":
+            return self._probe(environ, start_response)
         if path == "/-/healthy":
             return self._reply(start_response, "200 OK", b"Healthy.\n")
         if path == "/-/ready":
@@ -56,6 +62,34 @@ class ExporterApp:
             return self._reply(start_response, "200 OK", page.encode(), "text/html; charset=utf-8")
         return self._reply(start_response, "404 Not Found", b"Not found.\n")
 
+    def _probe(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """Multi-target mode (the blackbox pattern): run one mailbox's checks now, within the
+        scrape's timeout, and answer with just its metrics."""
+        started = time.monotonic()
+        name = parse_qs(environ.get("QUERY_STRING", "")).get("mailbox", [""])[0]
+        config = self.service.config
+        mailbox = next((m for m in config.mailboxes if m.name == name), None) if config else None
+        if config is None or mailbox is None:
+            body = f"unknown mailbox {name!r} (not in this exporter's config or shard)\n"
+            return self._reply(start_response, "400 Bad Request", body.encode())
+        budget = _scrape_timeout(environ, default=mailbox.timeout * len(mailbox.checks))
+        deadline = started + max(0.1, budget - PROBE_MARGIN_SECONDS)
+        # If a run already going does not end in time, answer with the latest results.
+        with contextlib.suppress(TimeoutError):
+            self.service.scheduler.run_now(name, deadline)
+        one = dataclasses.replace(config, mailboxes=(mailbox,))
+        registry = CollectorRegistry()
+        registry.register(
+            MailboxCollector(
+                self.service.store,
+                lambda: one,
+                lambda: self.service.reload_ok,
+                exporter_metrics=False,
+            )
+        )
+        encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
+        return self._reply(start_response, "200 OK", encoder(registry), content_type)
+
     @staticmethod
     def _reply(
         start_response: StartResponse,
@@ -65,6 +99,19 @@ class ExporterApp:
     ) -> list[bytes]:
         start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body)))])
         return [body]
+
+
+# Answer this much before Prometheus gives up on the scrape (encoding, network).
+PROBE_MARGIN_SECONDS = 0.5
+
+
+def _scrape_timeout(environ: dict[str, Any], default: float) -> float:
+    header = environ.get("HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS", "")
+    try:
+        value = float(header)
+    except ValueError:
+        return default
+    return value if value > 0 else default
 
 
 def _ago(timestamp: float | None, now: float) -> str:

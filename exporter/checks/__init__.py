@@ -10,6 +10,7 @@ reported as failed with reason `dependency`.
 from __future__ import annotations
 
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -74,6 +75,12 @@ class RunContext:
     measurements: list[Measurement] = field(default_factory=list)  # of the running check
     # Called from the watchdog's thread when a check overruns: each breaks one connection.
     aborters: list[Callable[[], None]] = field(default_factory=list)
+    deadline: float = float("inf")  # monotonic end of the running check (timeout or probe)
+
+    def socket_timeout(self) -> float:
+        """Per-operation socket timeout: the check's time left, so that even a step the
+        watchdog cannot reach (a TLS handshake or greeting inside a constructor) ends in time."""
+        return max(0.05, min(self.mailbox.timeout, self.deadline - time.monotonic()))
 
     def record(self, measurement: Measurement) -> None:
         self.measurements.append(measurement)

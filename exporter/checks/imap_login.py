@@ -15,7 +15,9 @@ from exporter.tlsinfo import not_after_der
 def check_imap_login(ctx: RunContext) -> None:
     assert ctx.token is not None, "the token check runs first"
     mailbox = ctx.mailbox
-    ctx.imap = ImapSession.connect(mailbox.imap.host, mailbox.imap.port, ctx.tls, mailbox.timeout)
+    ctx.imap = ImapSession.connect(
+        mailbox.imap.host, mailbox.imap.port, ctx.tls, ctx.socket_timeout()
+    )
     ctx.aborters.append(ctx.imap.abort)
     certificate = ctx.imap.peer_certificate()
     if certificate is not None:

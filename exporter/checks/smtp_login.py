@@ -10,7 +10,7 @@ from exporter.tlsinfo import not_after_der
 def check_smtp_login(ctx: RunContext) -> None:
     assert ctx.token is not None, "the token check runs first"
     mailbox = ctx.mailbox
-    session = SmtpSession(mailbox.smtp.host, mailbox.smtp.port, ctx.tls, mailbox.timeout)
+    session = SmtpSession(mailbox.smtp.host, mailbox.smtp.port, ctx.tls, ctx.socket_timeout())
     ctx.aborters.append(session.abort)
     try:
         certificate = session.starttls()

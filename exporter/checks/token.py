@@ -26,5 +26,5 @@ def check_token(ctx: RunContext) -> None:
             not_after = None  # the refresh below reports the unreadable certificate
         if not_after is not None:
             ctx.record(CredentialMeasurement("certificate", not_after))
-    ctx.token = ctx.auth.refresh()
+    ctx.token = ctx.auth.refresh(timeout=ctx.socket_timeout())
     ctx.record(TokenMeasurement(expires_at=ctx.token.expires_at))
