@@ -1,0 +1,278 @@
+"""The alert rules, their promtool unit tests, the Grafana dashboard and the runbook.
+
+`promtool check rules` and `promtool test rules` run here; every alert must be complete
+(severity, summary, description, runbook_url with a section in docs/runbook.md) and have a
+firing and a silent case in alerts/tests/; every metric name the rules and the dashboard use
+must exist in the exposition of a real exporter (one healthy and one failing mailbox).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from exporter.failures import REASONS
+from tests.conftest import write_config
+from tests.helpers_prometheus import (
+    DASHBOARD_FILE,
+    RULES_FILE,
+    dashboard_panels,
+    dashboard_queries,
+    grafana_to_promql,
+    shorten_for,
+)
+from tests.testbed import make_message
+
+ROOT = Path(__file__).resolve().parent.parent
+RULE_TESTS = sorted((ROOT / "alerts" / "tests").glob("*.yml"))
+RUNBOOK = ROOT / "docs" / "runbook.md"
+PROVISIONING = ROOT / "dashboards" / "provisioning"
+# Alerts about the exporter process rather than a mailbox: no mailbox label to name.
+EXPORTER_ALERTS = {
+    "O365MailboxExporterDown",
+    "O365MailboxExporterAbsent",
+    "O365MailboxExporterConfigReloadFailed",
+}
+# The exporter's names and the recording rules' (`up` is Prometheus' own: the e2e test shows
+# the dashboard's query of it returning data).
+METRIC_RE = re.compile(r"\bo365_mailbox[a-z0-9_:]*")
+
+
+def rule_groups() -> list[dict[str, Any]]:
+    return list(yaml.safe_load(RULES_FILE.read_text())["groups"])
+
+
+def alerting_rules() -> list[dict[str, Any]]:
+    return [rule for group in rule_groups() for rule in group["rules"] if "alert" in rule]
+
+
+def recorded_names() -> set[str]:
+    return {
+        rule["record"] for group in rule_groups() for rule in group["rules"] if "record" in rule
+    }
+
+
+def github_anchor(heading: str) -> str:
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def runbook_anchors() -> set[str]:
+    return {
+        github_anchor(line.lstrip("#"))
+        for line in RUNBOOK.read_text().splitlines()
+        if line.startswith("#")
+    }
+
+
+def run(*argv: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def test_promtool_check_rules() -> None:
+    result = run("promtool", "check", "rules", str(RULES_FILE))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_promtool_test_rules() -> None:
+    assert RULE_TESTS
+    result = run("promtool", "test", "rules", *map(str, RULE_TESTS))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("SUCCESS") == len(RULE_TESTS), result.stdout
+
+
+def test_every_alert_is_complete_and_has_a_runbook_section() -> None:
+    anchors = runbook_anchors()
+    names = [rule["alert"] for rule in alerting_rules()]
+    assert len(names) == len(set(names))
+    for rule in alerting_rules():
+        name = rule["alert"]
+        assert rule["labels"]["severity"] in {"critical", "warning"}, name
+        annotations = rule["annotations"]
+        assert set(annotations) >= {"summary", "description", "runbook_url"}, name
+        url = annotations["runbook_url"]
+        assert url.endswith(f"docs/runbook.md#{name.lower()}"), url
+        assert name.lower() in anchors, f"docs/runbook.md has no section {name}"
+        if name not in EXPORTER_ALERTS:
+            assert "$labels.mailbox" in annotations["summary"], name
+            assert "$labels.mailbox" in annotations["description"], name
+    paging = {r["alert"] for r in alerting_rules() if r["labels"]["severity"] == "critical"}
+    assert paging == {
+        "O365MailboxTokenRefreshFailing",
+        "O365MailboxImapLoginFailing",
+        "O365MailboxExporterDown",
+        "O365MailboxExporterAbsent",
+        "O365MailboxChecksStale",
+    }
+    # The auth alerts name the failing reason and code.
+    for rule in alerting_rules():
+        if rule["alert"] in {"O365MailboxTokenRefreshFailing", "O365MailboxImapLoginFailing"}:
+            assert "$labels.reason" in rule["annotations"]["description"]
+            assert "$labels.code" in rule["annotations"]["description"]
+
+
+def test_every_alert_has_a_firing_and_a_silent_case() -> None:
+    firing: set[str] = set()
+    silent: set[str] = set()
+    for path in RULE_TESTS:
+        for case in yaml.safe_load(path.read_text())["tests"]:
+            for check in case.get("alert_rule_test", []):
+                if check.get("exp_alerts"):
+                    firing.add(check["alertname"])
+                    for alert in check["exp_alerts"]:
+                        assert set(alert["exp_annotations"]) >= {
+                            "summary", "description", "runbook_url"
+                        }, (path.name, case["name"])
+                        assert "severity" in alert["exp_labels"]
+                else:
+                    silent.add(check["alertname"])
+    names = {rule["alert"] for rule in alerting_rules()}
+    assert names - firing == set(), "alerts without a firing case"
+    assert names - silent == set(), "alerts without a silent case"
+
+
+def test_quick_copy_only_shortens_for() -> None:
+    original = yaml.safe_load(RULES_FILE.read_text())
+    quick = yaml.safe_load(shorten_for(RULES_FILE.read_text(), "2s"))
+    for group, quick_group in zip(original["groups"], quick["groups"], strict=True):
+        for rule, quick_rule in zip(group["rules"], quick_group["rules"], strict=True):
+            if "for" in rule:
+                assert quick_rule.pop("for") == "2s"
+                rule = {k: v for k, v in rule.items() if k != "for"}
+            assert quick_rule == rule
+
+
+# -- dashboard --------------------------------------------------------------------------------
+
+def test_dashboard_json_is_valid_and_uses_the_variables() -> None:
+    dashboard = json.loads(DASHBOARD_FILE.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    mailbox = variables["mailbox"]
+    assert mailbox["query"]["query"] == "label_values(o365_mailbox_up, mailbox)"
+    assert mailbox["datasource"]["uid"] == "${datasource}"
+    assert mailbox["includeAll"] and mailbox["allValue"] == ".*"
+
+    ids = [panel["id"] for panel in dashboard_panels(dashboard)]
+    assert len(ids) == len(set(ids))
+    rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
+    assert rows == [
+        "Overview", "Token and IMAP login", "Inbox backlog", "Oversized messages", "Junk",
+        "Failures",
+    ]
+    for panel in dashboard_panels(dashboard):
+        assert {"h", "w", "x", "y"} <= set(panel["gridPos"]), panel["title"]
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        assert panel["targets"], panel["title"]
+        ref_ids = [t["refId"] for t in panel["targets"]]
+        assert len(ref_ids) == len(set(ref_ids)), panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "${datasource}"
+            grafana_to_promql(target["expr"])  # only known variables
+            if "o365_mailbox_exporter_" not in target["expr"] and "up{" not in target["expr"]:
+                assert 'mailbox=~"$mailbox"' in target["expr"], (panel["title"], target["expr"])
+
+    queries = " ".join(expr for _title, expr in dashboard_queries(dashboard))
+    for needed in ("o365_mailbox_up", "check_success", "check_duration_seconds",
+                   "folder_oldest_message_timestamp_seconds", "oversized_largest_bytes",
+                   'folder="junk"', "check_failures_total", "failure_reason:latest"):
+        assert needed in queries, needed
+
+
+def test_grafana_provisioning_files() -> None:
+    dashboards = yaml.safe_load((PROVISIONING / "dashboards.yml").read_text())
+    assert dashboards["apiVersion"] == 1
+    (provider,) = dashboards["providers"]
+    assert provider["type"] == "file" and provider["options"]["path"]
+    datasources = yaml.safe_load((PROVISIONING / "datasources.yml").read_text())
+    (source,) = datasources["datasources"]
+    assert source["type"] == "prometheus" and source["url"].startswith("http")
+
+
+# -- runbook ----------------------------------------------------------------------------------
+
+def test_runbook_alertmanager_example_is_a_valid_config(tmp_path: Path) -> None:
+    text = RUNBOOK.read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, re.DOTALL)
+    (example,) = [block for block in blocks if "route:" in block and "receivers:" in block]
+    config = tmp_path / "alertmanager.yml"
+    config.write_text(example)
+    result = run("amtool", "check-config", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    document = yaml.safe_load(example)
+    routes = json.dumps(document["route"])
+    assert "severity" in routes and "critical" in routes
+
+
+def test_runbook_records_measurements() -> None:
+    text = RUNBOOK.read_text()
+    measured = text[text.index("## Measured"):]
+    assert re.search(r"break .{0,40}webhook", measured, re.IGNORECASE)
+    assert re.search(r"\d+(\.\d+)? ?s", measured)
+
+
+# -- metric names against a real exposition ---------------------------------------------------
+
+def _used_names_and_values() -> tuple[set[str], dict[str, set[str]]]:
+    texts = [RULES_FILE.read_text()]
+    dashboard = json.loads(DASHBOARD_FILE.read_text())
+    texts += [expr for _title, expr in dashboard_queries(dashboard)]
+    texts += [v["query"]["query"] for v in dashboard["templating"]["list"]
+              if isinstance(v.get("query"), dict)]
+    names = {name for text in texts for name in METRIC_RE.findall(text)}
+    values: dict[str, set[str]] = {}
+    for text in texts:
+        for label, value in re.findall(r'\b(check|folder|reason)\s*!?=~?\s*"([^"]*)"', text):
+            values.setdefault(label, set()).update(v for v in value.split("|") if v)
+        for value in re.findall(r'eq \$labels\.reason "([^"]+)"', text):
+            values.setdefault("reason", set()).add(value)
+    return names, values
+
+
+@pytest.mark.timeout(60)
+def test_every_metric_name_used_exists_in_the_exposition(
+    make_mailbox, entra, dovecot, tmp_path: Path, exporter_process
+) -> None:
+    now = datetime.now(UTC)
+    healthy = make_mailbox("healthy", oversized_bytes=10_000)
+    dovecot.deliver(healthy.upn, "INBOX", make_message("Help", "user@example.com"),
+                    internaldate=now - timedelta(hours=1))
+    dovecot.deliver(healthy.upn, "INBOX", make_message("Scan", "copier@example.com",
+                                                       size=20_000), internaldate=now)
+    dovecot.deliver(healthy.upn, "Junk Email", make_message("Spam", "spam@spam.example"),
+                    internaldate=now - timedelta(days=3))
+    failing = make_mailbox("failing")
+    failing.set_password_file("wrong-password")
+    config = write_config(tmp_path, entra, dovecot, [healthy, failing], interval="1s")
+    exporter = exporter_process(config)
+    exporter.wait_for("o365_mailbox_up", 1.0, mailbox="healthy")
+    exporter.wait_for("o365_mailbox_folder_oldest_message_timestamp_seconds",
+                      mailbox="healthy", folder="junk")
+    exporter.wait_for("o365_mailbox_check_failures_total", mailbox="failing", check="token",
+                      reason="backoff", code="50126")
+    samples = exporter.metrics()
+
+    exposed = {name for name, _labels in samples}
+    label_values: dict[str, set[str]] = {}
+    for _name, labels in samples:
+        for label, value in labels:
+            label_values.setdefault(label, set()).add(value)
+
+    names, values = _used_names_and_values()
+    recorded = recorded_names()
+    assert names & recorded == recorded, "recording rules nobody uses"
+    missing = {n for n in names - recorded if n not in exposed}
+    assert not missing, f"not in the exporter's exposition: {sorted(missing)}"
+    assert values["check"] <= label_values["check"], values["check"] - label_values["check"]
+    assert values["folder"] <= label_values["folder"], values["folder"] - label_values["folder"]
+    assert values["reason"] <= set(REASONS), values["reason"] - set(REASONS)
