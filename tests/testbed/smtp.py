@@ -40,7 +40,8 @@ class _Recorder:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         with self.lock:
-            self.messages.append(bytes(envelope.content or b""))
+            content = envelope.content or b""
+            self.messages.append(content.encode() if isinstance(content, str) else content)
         return "250 2.0.0 OK"
 
 
