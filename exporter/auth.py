@@ -7,15 +7,19 @@ Knows nothing of metrics. `MailboxAuth.refresh()` either returns a fresh `Token`
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import logging
 import os
+import socket
 import ssl
 import tempfile
 import threading
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +92,16 @@ class HttpSession(requests.Session):
     ) -> requests.Response:
         kwargs.setdefault("verify", self.verify)
         kwargs.setdefault("timeout", self.default_timeout)
+        # requests' timeout does not cover the DNS lookup (glibc waits 5 s per attempt, and
+        # cannot be interrupted): look the host up under the deadline first.
+        parts = urlsplit(url.decode() if isinstance(url, bytes) else url)
+        host = parts.hostname or ""
+        try:
+            resolve(host, parts.port or 443, self.default_timeout)
+        except TimeoutError as err:
+            raise requests.exceptions.ConnectTimeout(str(err)) from err
+        except OSError as err:
+            raise requests.exceptions.ConnectionError(f"cannot resolve {host}: {err}") from err
         return super().request(method, url, *args, **kwargs)
 
     def _remember(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
@@ -98,6 +112,48 @@ class HttpSession(requests.Session):
     def forget(self) -> None:
         self.last_status = None
         self.last_retry_after = None
+
+
+# Lookups still waiting for a dead resolver, at most: each holds a thread until glibc gives up.
+_pending_lookups = threading.BoundedSemaphore(32)
+
+
+def resolve(host: str, port: int, timeout: float) -> list[tuple[str, int]]:
+    """The (address, port) pairs of `host`, or TimeoutError after `timeout` seconds.
+
+    Every network step has a deadline, the DNS lookup too: glibc's resolver waits 5 s per
+    attempt (10 s and more in all) and a blocked `getaddrinfo` cannot be interrupted by the
+    watchdog. So the lookup runs on a helper thread and the caller stops waiting at its
+    deadline; the thread ends when glibc gives up. At most 32 lookups wait at once, so a dead
+    resolver costs a bounded number of threads. Nothing is cached: the next call asks again.
+    Raises `socket.gaierror` when the name does not resolve.
+    """
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return [(host, port)]
+    if not _pending_lookups.acquire(blocking=False):
+        raise TimeoutError(f"the DNS lookup of {host} cannot start: the resolver is not answering")
+    future: Future[list[tuple[str, int]]] = Future()
+    threading.Thread(
+        target=_lookup, args=(host, port, future), name="dns-lookup", daemon=True
+    ).start()
+    try:
+        return future.result(timeout)
+    except FutureTimeout:
+        raise TimeoutError(f"the DNS lookup of {host} took longer than {timeout:g}s") from None
+
+
+def _lookup(host: str, port: int, future: Future[list[tuple[str, int]]]) -> None:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        future.set_result([(str(info[4][0]), int(info[4][1])) for info in infos])
+    except OSError as err:
+        future.set_exception(err)
+    finally:
+        _pending_lookups.release()
 
 
 def system_ca_file() -> str | None:
@@ -152,16 +208,22 @@ class AtomicFilePersistence(FilePersistence):  # type: ignore[misc]
         _atomic_write(Path(self.get_location()), content.encode("utf-8"), 0o600)
 
     def load(self) -> str:
-        """The cache text; a corrupt file (not JSON) is set aside and treated as empty, so a
-        damaged cache costs one password sign-in, never a crash or a permanent failure."""
-        content: str = super().load()
+        """The cache text; a corrupt file (not a JSON object, not even UTF-8) is set aside and
+        treated as empty, so a damaged cache costs one password sign-in, never a crash or a
+        permanent failure."""
         try:
-            json.loads(content)
-        except ValueError:
+            content: str = super().load()
+            if not isinstance(json.loads(content), dict):
+                raise ValueError("not a JSON object")
+        except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors too
             location = Path(self.get_location())
             aside = location.with_name(f"{location.name}.corrupt-{int(time.time())}")
-            os.replace(location, aside)
-            log.warning("token cache is corrupt; set aside", extra={"path": str(aside)})
+            try:
+                os.replace(location, aside)
+            except FileNotFoundError:  # another process set it aside first
+                pass
+            else:
+                log.warning("token cache is corrupt; set aside", extra={"path": str(aside)})
             raise PersistenceNotFound(location=str(location)) from None
         return content
 
@@ -206,6 +268,13 @@ class MailboxAuth:
             verify = combined_ca_bundle(mailbox.ca_file, state_dir)
         self.session = HttpSession(verify, mailbox.timeout)
         self.cache = token_cache(state_dir, mailbox.name)
+        # MSAL replays an error answer from memory instead of asking again: a 400 for 60 s, a
+        # 429/5xx for Retry-After or 60 s. The exporter has its own retry policy (the credential
+        # backoff, which honours Retry-After), and every run must be a real refresh: a replayed
+        # 500 made a mailbox look down for a minute after Entra ID had recovered, reported as
+        # `protocol`. So MSAL gets this dict as its HTTP cache and it is emptied before each
+        # refresh.
+        self._http_cache: dict[Any, Any] = {}
         self._app: msal.ClientApplication | None = None
         self._app_secret_digest = ""
         self._lock = threading.Lock()
@@ -231,6 +300,7 @@ class MailboxAuth:
             "http_client": self.session,
             "instance_discovery": host in _MICROSOFT_HOSTS,
             "timeout": mailbox.timeout,
+            "http_cache": self._http_cache,
         }
         credential: str | dict[str, str]
         try:
@@ -247,7 +317,7 @@ class MailboxAuth:
                 app = msal.PublicClientApplication(mailbox.client_id, **common)
         except ValueError as err:  # MSAL reports a bad authority/OIDC answer as ValueError
             raise _network_failure(err, self.session) from err
-        except requests.RequestException as err:
+        except (requests.RequestException, msal.exceptions.MsalError) as err:  # 5xx: MsalError
             raise _network_failure(err, self.session) from err
         self._app = app
         self._app_secret_digest = digest
@@ -262,6 +332,7 @@ class MailboxAuth:
             self.session.default_timeout = timeout or self.mailbox.timeout
             secret = self._secret()
             self.session.forget()
+            self._http_cache.clear()
             app = self._application(secret)
             try:
                 result = self._acquire(app, secret)

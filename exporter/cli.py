@@ -4,6 +4,11 @@ o365-mailbox-exporter [serve] --config.file=F [--web.listen-address=:9865] [--lo
 o365-mailbox-exporter check --config.file=F [--mailbox NAME] [--output table|json]
 o365-mailbox-exporter --config.check --config.file=F
 o365-mailbox-exporter login --config.file=F --mailbox NAME
+o365-mailbox-exporter junk-review --config.file=F --mailbox NAME [--output table|json|html]
+    [--ack] [--rescue UID,... --yes]
+o365-mailbox-exporter oversized --config.file=F --mailbox NAME [--move-to FOLDER --yes]
+o365-mailbox-exporter doctor --config.file=F --mailbox NAME
+o365-mailbox-exporter import-esm PROPERTIES_FILE [--name NAME] [--password-file PATH]
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from exporter import __version__
+from exporter.admin import doctor, esm_import, junk_review, oversized
 from exporter.checks import (
     FolderMeasurement,
+    JunkReviewMeasurement,
     Measurement,
     OversizedMeasurement,
     TlsMeasurement,
@@ -44,7 +51,8 @@ from exporter.webconfig import WebConfig, load_web_config
 log = logging.getLogger("exporter")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-COMMANDS = ("serve", "check", "login")
+ADMIN_COMMANDS = ("junk-review", "oversized", "doctor")
+COMMANDS = ("serve", "check", "login", *ADMIN_COMMANDS, "import-esm")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,7 +67,8 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         prog=f"o365-mailbox-exporter {command}" if command != "serve" else "o365-mailbox-exporter",
         description="Prometheus exporter for Microsoft 365 service-desk mailboxes.",
     )
-    parser.add_argument("--config.file", dest="config_file", required=True, metavar="FILE")
+    if command != "import-esm":  # the one command that reads no config
+        parser.add_argument("--config.file", dest="config_file", required=True, metavar="FILE")
     parser.add_argument("--log.level", dest="log_level", choices=LEVELS, default="info")
     parser.add_argument(
         "--log.format", dest="log_format", choices=("logfmt", "json"), default="logfmt"
@@ -105,7 +114,48 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--output", choices=("table", "json"), default="table")
     if command == "login":
         parser.add_argument("--mailbox", metavar="NAME", required=True)
+    _add_admin_arguments(parser, command)
     return parser
+
+
+def _uid_list(text: str) -> tuple[int, ...]:
+    try:
+        uids = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: UIDs are numbers, like 12,15") from None
+    if not uids or any(uid <= 0 for uid in uids):
+        raise argparse.ArgumentTypeError(f"{text!r}: UIDs are positive numbers, like 12,15")
+    return tuple(dict.fromkeys(uids))
+
+
+def _add_admin_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    yes = "change the mailbox (without it: only say what would change)"
+    if command in ADMIN_COMMANDS:
+        parser.add_argument("--mailbox", metavar="NAME", required=True)
+    if command == "junk-review":
+        parser.add_argument("--output", choices=("table", "json", "html"), default="table")
+        parser.add_argument("--ack", action="store_true", help="record this review")
+        parser.add_argument(
+            "--rescue", type=_uid_list, default=(), metavar="UID,...",
+            help="move these Junk messages back to the inbox (with --yes)",
+        )  # fmt: skip
+        parser.add_argument("--yes", action="store_true", help=yes)
+    if command == "oversized":
+        parser.add_argument("--output", choices=("table", "json"), default="table")
+        parser.add_argument(
+            "--move-to", dest="move_to", metavar="FOLDER",
+            help="move the oversized messages to this folder (created if missing; with --yes)",
+        )  # fmt: skip
+        parser.add_argument("--yes", action="store_true", help=yes)
+    if command == "doctor":
+        parser.add_argument("--output", choices=("table", "json"), default="table")
+    if command == "import-esm":
+        parser.add_argument("properties_file", metavar="PROPERTIES_FILE")
+        parser.add_argument("--name", metavar="NAME", help="the mailbox's name in the config")
+        parser.add_argument(
+            "--password-file", dest="password_file", metavar="PATH",
+            help="password_file for the snippet (default: a placeholder)",
+        )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         command = args_list.pop(0)
     args = build_parser(command).parse_args(args_list)
     setup_logging(args.log_level, args.log_format)
+    if command == "import-esm":
+        return esm_import.run(
+            args.properties_file, args.name, args.password_file, sys.stdout, sys.stderr
+        )
     try:
         config = load_config(args.config_file)
     except ConfigError as err:
@@ -126,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_check(config, args.mailbox, args.output)
         if command == "login":
             return run_login(config, args.mailbox)
+        if command in ADMIN_COMMANDS:
+            return run_admin(command, config, args)
         web_config = load_web_config(args.web_config) if args.web_config else None
         if args.config_check:
             print(f"{args.config_file}: ok ({len(config.mailboxes)} mailboxes)", file=sys.stderr)
@@ -156,6 +212,23 @@ def _select(config: Config, name: str | None) -> list[MailboxConfig] | None:
         names = ", ".join(m.name for m in config.mailboxes)
         print(f"error: --mailbox {name}: no such mailbox (have: {names})", file=sys.stderr)
         return None
+
+
+# -- admin tools ------------------------------------------------------------------------------
+def run_admin(command: str, config: Config, args: argparse.Namespace) -> int:
+    mailboxes = _select(config, args.mailbox)
+    if mailboxes is None:
+        return EXIT_USAGE
+    mailbox = mailboxes[0]
+    if command == "junk-review":
+        options = junk_review.ReviewOptions(
+            output=args.output, ack=args.ack, rescue=args.rescue, yes=args.yes
+        )
+        return junk_review.run(config, mailbox, options, sys.stdout, sys.stderr)
+    if command == "oversized":
+        moving = oversized.OversizedOptions(output=args.output, move_to=args.move_to, yes=args.yes)
+        return oversized.run(config, mailbox, moving, sys.stdout, sys.stderr)
+    return doctor.run(config, mailbox, args.output, sys.stdout)
 
 
 # -- check ------------------------------------------------------------------------------------
@@ -203,6 +276,11 @@ def _measurement_json(m: Measurement) -> dict[str, Any]:
         return {"folder": m.folder, "oversized_messages": m.count, "largest_bytes": m.largest_bytes}
     if isinstance(m, TlsMeasurement):
         return {"tls_certificate_expiry_timestamp_seconds": round(m.not_after)}
+    if isinstance(m, JunkReviewMeasurement):
+        return {
+            "junk_last_review_timestamp_seconds": round(m.reviewed_at),
+            "junk_unreviewed_messages": m.unreviewed,
+        }
     return {"credential_expiry_timestamp_seconds": {m.kind: round(m.expires_at)}}
 
 
@@ -237,6 +315,8 @@ def _summary_of(m: Measurement) -> str:
         return f"{m.count} oversized, largest {m.largest_bytes} bytes"
     if isinstance(m, TlsMeasurement):
         return f"server certificate valid until {_iso(m.not_after)}"
+    if isinstance(m, JunkReviewMeasurement):
+        return f"reviewed {_iso(m.reviewed_at)}, {m.unreviewed} unreviewed since"
     return f"{m.kind.replace('_', ' ')} expires {_iso(m.expires_at)}"
 
 

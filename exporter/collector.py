@@ -15,6 +15,7 @@ from exporter import __version__
 from exporter.checks import (
     CredentialMeasurement,
     FolderMeasurement,
+    JunkReviewMeasurement,
     Measurement,
     OversizedMeasurement,
     TlsMeasurement,
@@ -109,6 +110,16 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "gauge",
         "notAfter of the server certificate seen in the latest run's TLS handshake.",
         ("mailbox", "endpoint"),
+    ),
+    "o365_mailbox_junk_last_review_timestamp_seconds": (
+        "gauge",
+        "Unix time an admin last recorded a Junk review (junk-review --ack); absent until one.",
+        ("mailbox",),
+    ),
+    "o365_mailbox_junk_unreviewed_messages": (
+        "gauge",
+        "Junk messages that arrived since the latest recorded review (by UID)." + _LATEST,
+        ("mailbox",),
     ),
     "o365_mailbox_exporter_build_info": ("gauge", "Build information; always 1.", ("version",)),
     "o365_mailbox_exporter_config_last_reload_successful": (
@@ -219,3 +230,6 @@ class MailboxCollector(Collector):
             f["o365_mailbox_credential_expiry_timestamp_seconds"].add_metric(
                 [name, m.kind], m.expires_at
             )
+        elif isinstance(m, JunkReviewMeasurement):
+            f["o365_mailbox_junk_last_review_timestamp_seconds"].add_metric([name], m.reviewed_at)
+            f["o365_mailbox_junk_unreviewed_messages"].add_metric([name], m.unreviewed)

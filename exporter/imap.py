@@ -2,7 +2,8 @@
 
 Knows nothing of metrics or checks. Every method raises `CheckFailed` with the contract's
 reason word; nothing here ever changes a mailbox (EXAMINE, never SELECT; no STORE/EXPUNGE/
-COPY/MOVE; message data is never fetched, so no \\Seen flag is set).
+COPY/MOVE; message bodies are never fetched and header fields only with BODY.PEEK, so no
+\\Seen flag is set). Mailbox-changing commands for the admin tools live in `imap_admin`.
 """
 
 from __future__ import annotations
@@ -12,12 +13,16 @@ import imaplib
 import re
 import socket
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Self
 
 import imapclient
+from imapclient import tls as imapclient_tls
 from imapclient.exceptions import IMAPClientError, LoginError
 
+from exporter.auth import resolve
 from exporter.failures import CheckFailed, fail
 
 JUNK = b"\\Junk"  # RFC 6154 SPECIAL-USE attributes
@@ -40,14 +45,38 @@ class Oversized:
     largest: int
 
 
+@dataclass(frozen=True, slots=True)
+class MessageHeaders:
+    """What `fetch_headers` reads of one message: never its body, never a flag change."""
+
+    uid: int
+    internaldate: datetime
+    size: int
+    header: bytes  # the requested header fields, raw (RFC 5322, CRLF)
+
+
+_HEADER_CHUNK = 500  # UIDs per FETCH: bounded command lines and answers
+
+
 def _response_code(message: str, default: str) -> str:
     match = _RESPONSE_CODE_RE.search(message)
     return match.group(1) if match else default
 
 
+# imaplib reads a literal of whatever size the server announces into memory in one go, and
+# keeps every untagged line of an answer: a broken or hostile server announcing a 10 GiB literal
+# made the exporter buffer a gigabyte a second until the watchdog fired. The exporter reads
+# dates, sizes, counts, folder names and a few header fields, never message bodies, so one
+# literal and one command's whole answer are bounded.
+MAX_LITERAL_BYTES = 8 * 2**20
+MAX_ANSWER_BYTES = 64 * 2**20
+_MAX_MESSAGE_CHARS = 300  # of server text quoted in a failure message
+
+
 def _first_line(err: BaseException) -> str:
     lines = str(err).splitlines()
-    return lines[0] if lines else type(err).__name__
+    line = lines[0] if lines else type(err).__name__
+    return line if len(line) <= _MAX_MESSAGE_CHARS else line[:_MAX_MESSAGE_CHARS] + "..."
 
 
 def classify(err: BaseException, step: str) -> CheckFailed:
@@ -60,11 +89,19 @@ def classify(err: BaseException, step: str) -> CheckFailed:
         return fail("tls", f"{step}: TLS failed: {_first_line(err)}")
     if isinstance(err, socket.gaierror):
         return fail("connection", f"{step}: cannot resolve host: {_first_line(err)}")
+    if isinstance(err, LoginError) and isinstance(err.__context__, imaplib.IMAP4.abort):
+        # imapclient turns every error during AUTHENTICATE into LoginError, a dropped
+        # connection or a garbled answer too: those are no credential rejection (which would
+        # put the sign-in into the Smart Lockout backoff).
+        return classify(err.__context__, step)
     if isinstance(err, LoginError):
         text = _first_line(err)
         return fail("auth_rejected", f"{step}: {text}", code=_response_code(text, "NO"))
     if isinstance(err, imaplib.IMAP4.abort):
-        return fail("protocol", f"{step}: connection broken: {_first_line(err)}")
+        text = _first_line(err)
+        if "socket error" in text and "unterminated line" not in text:
+            return fail("connection", f"{step}: the server closed the connection: {text}")
+        return fail("protocol", f"{step}: connection broken: {text}")
     if isinstance(err, (IMAPClientError, imaplib.IMAP4.error)):
         text = _first_line(err)
         code = "BAD" if "BAD" in text else _response_code(text, "NO")
@@ -85,11 +122,86 @@ def classify(err: BaseException, step: str) -> CheckFailed:
     return fail("unknown", f"{step}: {type(err).__name__}: {_first_line(err)}")
 
 
+class _BoundedIMAP4(imapclient_tls.IMAP4_TLS):  # type: ignore[misc]
+    """imapclient's implicit-TLS transport with bounded reads, connecting to an address
+    resolved beforehand (under a deadline) while verifying the certificate for `host`."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext,
+        timeout: float,
+        addresses: list[tuple[str, int]],
+    ) -> None:
+        self._addresses = addresses
+        self._answer_bytes = 0
+        super().__init__(host, port, ssl_context, timeout)
+
+    def _create_socket(self, timeout: float | None = None) -> socket.socket:
+        error: OSError | None = None
+        for address in self._addresses:
+            try:
+                sock = socket.create_connection(address, timeout=timeout or self._timeout)
+            except OSError as err:
+                error = err
+                continue
+            wrapped: socket.socket = imapclient_tls.wrap_socket(sock, self.ssl_context, self.host)
+            return wrapped
+        raise error or OSError(f"no address for {self.host}")
+
+    def send(self, data: bytes) -> None:
+        self._answer_bytes = 0  # a new command: its answer gets the whole budget
+        super().send(data)
+
+    def read(self, size: int) -> bytes:
+        if size > MAX_LITERAL_BYTES:
+            raise fail(
+                "protocol",
+                f"the server announced a {size}-byte literal; at most {MAX_LITERAL_BYTES} "
+                "bytes are expected (the exporter never reads message bodies)",
+            )
+        return self._counted(super().read(size))
+
+    def readline(self) -> bytes:
+        return self._counted(super().readline())
+
+    def _counted(self, data: bytes) -> bytes:
+        self._answer_bytes += len(data)
+        if self._answer_bytes > MAX_ANSWER_BYTES:
+            raise fail("protocol", f"an answer of more than {MAX_ANSWER_BYTES} bytes")
+        return data
+
+
+class _BoundedIMAPClient(imapclient.IMAPClient):  # type: ignore[misc]
+    """IMAPClient over `_BoundedIMAP4` (implicit TLS only)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext,
+        timeout: float,
+        addresses: list[tuple[str, int]],
+    ) -> None:
+        self._addresses = addresses
+        super().__init__(host, port=port, ssl=True, ssl_context=ssl_context, timeout=timeout)
+
+    def _create_IMAP4(self) -> _BoundedIMAP4:  # imapclient's factory method
+        return _BoundedIMAP4(
+            self.host, self.port, self.ssl_context, self._timeout.connect, self._addresses
+        )
+
+
 class ImapSession:
     """One connection: connect, XOAUTH2, EXAMINE, read-only queries, LOGOUT.
 
     `abort()` may be called from another thread (the scheduler's watchdog) to break a hung
     read; the blocked call then fails and is classified as a timeout by the runner.
+
+    Once the connection is broken (aborted, closed, timed out, garbled), every later call
+    fails at once with `dependency`: the checks after the one that met the fault report it
+    as the cause instead of a second, misleading error from a dead connection.
     """
 
     def __init__(self, client: imapclient.IMAPClient) -> None:
@@ -97,13 +209,13 @@ class ImapSession:
         self._client.normalise_times = False  # keep the server's zone: SEARCH dates use it
         self.selected: str | None = None
         self._folders: list[tuple[tuple[bytes, ...], str]] | None = None
+        self.broken: str | None = None  # why the connection cannot be used any more
 
     @classmethod
-    def connect(cls, host: str, port: int, context: ssl.SSLContext, timeout: float) -> ImapSession:
+    def connect(cls, host: str, port: int, context: ssl.SSLContext, timeout: float) -> Self:
         try:
-            client = imapclient.IMAPClient(
-                host, port=port, ssl=True, ssl_context=context, timeout=timeout
-            )
+            addresses = resolve(host, port, timeout)
+            client = _BoundedIMAPClient(host, port, context, timeout, addresses)
         except Exception as err:
             raise classify(err, "connect") from err
         return cls(client)
@@ -116,29 +228,49 @@ class ImapSession:
 
     def abort(self) -> None:
         """Break any blocked read (called from another thread)."""
+        self.broken = self.broken or "it was aborted after a timeout"
         with contextlib.suppress(OSError):
             self._client.socket().shutdown(socket.SHUT_RDWR)
 
+    def _usable(self, step: str) -> None:
+        if self.broken is not None:
+            raise fail("dependency", f"{step}: not sent: the IMAP connection {self.broken}")
+
+    def _failed(self, err: Exception, step: str) -> CheckFailed:
+        """Classify; remember a broken connection (anything but a tagged NO or BAD answer)."""
+        failure = classify(err, step)
+        clean_answer = (
+            isinstance(err, imaplib.IMAP4.error)
+            and not isinstance(err, imaplib.IMAP4.abort)
+            and not isinstance(err.__context__, imaplib.IMAP4.abort)
+            and "got more than" not in str(err)
+        )
+        if not clean_answer and self.broken is None:
+            self.broken = f"broke in {step} ({failure.failure.reason})"
+        return failure
+
     def _call(self, step: str, func, *args):  # type: ignore[no-untyped-def]
+        self._usable(step)
         try:
             return func(*args)
         except Exception as err:
-            raise classify(err, step) from err
+            raise self._failed(err, step) from err
 
     def login(self, username: str, access_token: str) -> None:
         self._call("AUTHENTICATE XOAUTH2", self._client.oauth2_login, username, access_token)
 
     def examine(self, folder: str) -> FolderStatus:
         """EXAMINE (read-only select) a folder; a missing one is `folder_missing`."""
+        self._usable(f"EXAMINE {folder}")
         try:
             info = self._client.select_folder(folder, readonly=True)
         except (IMAPClientError, imaplib.IMAP4.error) as err:
             text = _first_line(err)
             if "NONEXISTENT" in text or "doesn't exist" in text or "not exist" in text.lower():
                 raise fail("folder_missing", f"EXAMINE {folder}: {text}", code="NO") from err
-            raise classify(err, f"EXAMINE {folder}") from err
+            raise self._failed(err, f"EXAMINE {folder}") from err
         except Exception as err:
-            raise classify(err, f"EXAMINE {folder}") from err
+            raise self._failed(err, f"EXAMINE {folder}") from err
         self.selected = folder
         return FolderStatus(
             messages=int(info.get(b"EXISTS", 0)),
@@ -198,6 +330,67 @@ class ImapSession:
         values = [int(item[b"RFC822.SIZE"]) for item in sizes.values()]
         return Oversized(len(values), max(values, default=0))
 
+    def capabilities(self) -> frozenset[str]:
+        """The server's capabilities (after login: the authenticated set), upper-case."""
+        listed = self._call("CAPABILITY", self._client.capabilities)
+        return frozenset(
+            (c.decode("ascii", "replace") if isinstance(c, bytes) else str(c)).upper()
+            for c in listed
+        )
+
+    def search_uids(self, criteria: list[object]) -> list[int]:
+        """UID SEARCH in the selected folder."""
+        return sorted(int(uid) for uid in self._call("UID SEARCH", self._client.search, criteria))
+
+    def count_uids_from(self, first_uid: int) -> int:
+        """Messages of the selected folder with a UID >= `first_uid`, counted server-side.
+
+        `UID SEARCH UID n:*` also answers the highest UID when that is below n (`*` is the
+        highest UID in use), so the answer is filtered here.
+        """
+        found = self.search_uids(["UID", f"{first_uid}:*"])
+        return sum(1 for uid in found if uid >= first_uid)
+
+    def fetch_headers(self, uids: Sequence[int], fields: Sequence[str]) -> list[MessageHeaders]:
+        """INTERNALDATE, RFC822.SIZE and the named header fields of `uids`, by BODY.PEEK (so
+        no \\Seen flag is set), in UID order."""
+        items = [
+            b"INTERNALDATE",
+            b"RFC822.SIZE",
+            f"BODY.PEEK[HEADER.FIELDS ({' '.join(fields).upper()})]".encode("ascii"),
+        ]
+        found: list[MessageHeaders] = []
+        ordered = sorted(uids)
+        for start in range(0, len(ordered), _HEADER_CHUNK):
+            chunk = ordered[start : start + _HEADER_CHUNK]
+            answer = self._call("FETCH BODY.PEEK[HEADER.FIELDS]", self._client.fetch, chunk, items)
+            found.extend(
+                MessageHeaders(
+                    uid=int(uid),
+                    internaldate=data[b"INTERNALDATE"],
+                    size=int(data[b"RFC822.SIZE"]),
+                    header=_header_bytes(data),
+                )
+                for uid, data in answer.items()
+                if b"INTERNALDATE" in data  # skip unsolicited FETCH responses (flag updates)
+            )
+        return sorted(found, key=lambda message: message.uid)
+
+    def last_headers(self, messages: int, count: int, fields: Sequence[str]) -> list[bytes]:
+        """The named header fields of the last `count` messages (by sequence number) of the
+        selected folder, which holds `messages`: one FETCH, no SEARCH, BODY.PEEK."""
+        if messages == 0 or count <= 0:
+            return []
+        item = f"BODY.PEEK[HEADER.FIELDS ({' '.join(fields).upper()})]".encode("ascii")
+        client = self._client
+        client.use_uid = False
+        try:
+            sequence = list(range(max(1, messages - count + 1), messages + 1))
+            answer = self._call("FETCH BODY.PEEK[HEADER.FIELDS]", client.fetch, sequence, [item])
+        finally:
+            client.use_uid = True
+        return [_header_bytes(data) for data in answer.values()]
+
     def find_folder(self, special_use: bytes, configured: str) -> str | None:
         """A folder by SPECIAL-USE flag first, then the configured name, then usual names."""
         if self._folders is None:
@@ -214,7 +407,11 @@ class ImapSession:
         return None
 
     def logout(self) -> None:
-        """LOGOUT politely; on any error just close the socket."""
+        """LOGOUT politely; on any error, or when the connection is broken, just close it."""
+        if self.broken is not None:
+            with contextlib.suppress(OSError):
+                self._client.shutdown()
+            return
         try:
             self._client.logout()
         except Exception:  # noqa: BLE001 - the session is over either way
@@ -224,3 +421,11 @@ class ImapSession:
 
 def _optional_int(value: object) -> int | None:
     return value if isinstance(value, int) else None
+
+
+def _header_bytes(data: dict[bytes, object]) -> bytes:
+    """The BODY[HEADER.FIELDS (...)] item of a FETCH answer (its key echoes the field list)."""
+    for key, value in data.items():
+        if key.startswith(b"BODY[HEADER") and isinstance(value, bytes):
+            return value
+    return b""

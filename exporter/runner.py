@@ -175,7 +175,13 @@ class MailboxRunner:
                 on_result(result)
         finally:
             if ctx.imap is not None:
-                ctx.imap.logout()
+                # LOGOUT waits for the server too: a server that trickles bytes never trips
+                # the socket's read timeout, so the watchdog bounds it like any check.
+                disarm = self.watchdog.arm(time.monotonic() + self.mailbox.timeout, ctx.imap.abort)
+                try:
+                    ctx.imap.logout()
+                finally:
+                    disarm()
         return results
 
     def _run_one(

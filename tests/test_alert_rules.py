@@ -3,7 +3,8 @@
 `promtool check rules` and `promtool test rules` run here; every alert must be complete
 (severity, summary, description, runbook_url with a section in docs/runbook.md) and have a
 firing and a silent case in alerts/tests/; every metric name the rules and the dashboard use
-must exist in the exposition of a real exporter (one healthy and one failing mailbox).
+must exist in the exposition of a real exporter (a healthy mailbox with a recorded Junk review,
+an app-only one with a client secret and `smtp_login`, and a failing one).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,7 @@ import pytest
 import yaml
 
 from exporter.failures import REASONS
-from tests.conftest import write_config
+from tests.conftest import write_config, write_secret
 from tests.helpers_prometheus import (
     DASHBOARD_FILE,
     RULES_FILE,
@@ -107,13 +110,16 @@ def test_every_alert_is_complete_and_has_a_runbook_section() -> None:
     assert paging == {
         "O365MailboxTokenRefreshFailing",
         "O365MailboxImapLoginFailing",
+        "O365MailboxSmtpLoginFailing",
+        "O365MailboxCredentialExpiryImminent",
         "O365MailboxExporterDown",
         "O365MailboxExporterAbsent",
         "O365MailboxChecksStale",
     }
-    # The auth alerts name the failing reason and code.
+    # The sign-in alerts name the failing reason and code.
     for rule in alerting_rules():
-        if rule["alert"] in {"O365MailboxTokenRefreshFailing", "O365MailboxImapLoginFailing"}:
+        if rule["alert"] in {"O365MailboxTokenRefreshFailing", "O365MailboxImapLoginFailing",
+                             "O365MailboxSmtpLoginFailing"}:
             assert "$labels.reason" in rule["annotations"]["description"]
             assert "$labels.code" in rule["annotations"]["description"]
 
@@ -136,6 +142,21 @@ def test_every_alert_has_a_firing_and_a_silent_case() -> None:
     names = {rule["alert"] for rule in alerting_rules()}
     assert names - firing == set(), "alerts without a firing case"
     assert names - silent == set(), "alerts without a silent case"
+
+
+def test_thresholds_are_named_in_the_header_and_the_runbook() -> None:
+    text = RULES_FILE.read_text()
+    header = text[: text.index("groups:")]
+    names = re.findall(r"^#   ([A-Z][A-Z_]+[A-Z]) ", header, re.MULTILINE)
+    for needed in ("SEND_RATE_MAX", "SEND_DAILY_MAX", "DRAIN_GROWTH_MIN", "DRAIN_RATIO_MIN",
+                   "CREDENTIAL_WARN_LEFT", "CREDENTIAL_PAGE_LEFT", "SERVER_CERT_WARN_LEFT",
+                   "JUNK_REVIEW_MAX_AGE"):
+        assert needed in names, needed
+    runbook = RUNBOOK.read_text()
+    tuning = runbook[runbook.index("## Tuning"):]
+    tuning = tuning[: tuning.index("\n## ", 1)]
+    missing = [name for name in names if name not in tuning]
+    assert not missing, f"thresholds not in the runbook's Tuning section: {missing}"
 
 
 def test_quick_copy_only_shortens_for() -> None:
@@ -165,8 +186,8 @@ def test_dashboard_json_is_valid_and_uses_the_variables() -> None:
     assert len(ids) == len(set(ids))
     rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
     assert rows == [
-        "Overview", "Token and IMAP login", "Inbox backlog", "Oversized messages", "Junk",
-        "Failures",
+        "Overview", "Token and IMAP login", "Inbox backlog", "Sending (SMTP)",
+        "Credentials and certificates", "Oversized messages", "Junk", "Failures",
     ]
     for panel in dashboard_panels(dashboard):
         assert {"h", "w", "x", "y"} <= set(panel["gridPos"]), panel["title"]
@@ -185,7 +206,12 @@ def test_dashboard_json_is_valid_and_uses_the_variables() -> None:
     queries = " ".join(expr for _title, expr in dashboard_queries(dashboard))
     for needed in ("o365_mailbox_up", "check_success", "check_duration_seconds",
                    "folder_oldest_message_timestamp_seconds", "oversized_largest_bytes",
-                   'folder="junk"', "check_failures_total", "failure_reason:latest"):
+                   'folder="junk"', "check_failures_total", "failure_reason:latest",
+                   'folder="sent"}[5m]) * 60', 'folder="sent"}[1d])', 'check="smtp_login"',
+                   "arrived_messages:increase1h", "left_messages:increase1h",
+                   "credential_expiry_timestamp_seconds",
+                   "tls_certificate_expiry_timestamp_seconds",
+                   "junk_last_review_timestamp_seconds", "junk_unreviewed_messages"):
         assert needed in queries, needed
 
 
@@ -232,10 +258,15 @@ def _used_names_and_values() -> tuple[set[str], dict[str, set[str]]]:
     names = {name for text in texts for name in METRIC_RE.findall(text)}
     values: dict[str, set[str]] = {}
     for text in texts:
-        for label, value in re.findall(r'\b(check|folder|reason)\s*!?=~?\s*"([^"]*)"', text):
-            values.setdefault(label, set()).update(v for v in value.split("|") if v)
-        for value in re.findall(r'eq \$labels\.reason "([^"]+)"', text):
-            values.setdefault("reason", set()).add(value)
+        for label, value in re.findall(
+            r'\b(check|folder|reason|kind|endpoint)\s*!?=~?\s*"([^"]*)"', text
+        ):
+            # (a template's `query` fills "%s" with the alert's own label)
+            values.setdefault(label, set()).update(
+                v for v in value.split("|") if v and v != "%s"
+            )
+        for label, value in re.findall(r'eq \$labels\.(reason|kind|endpoint) "([^"]+)"', text):
+            values.setdefault(label, set()).add(value)
     return names, values
 
 
@@ -251,13 +282,33 @@ def test_every_metric_name_used_exists_in_the_exposition(
                                                        size=20_000), internaldate=now)
     dovecot.deliver(healthy.upn, "Junk Email", make_message("Spam", "spam@spam.example"),
                     internaldate=now - timedelta(days=3))
+    # App-only with a client secret and its expiry date, sending over SMTP too.
+    app = make_mailbox("app")
+    app.client_id = str(uuid.uuid4())
+    entra.add_app(app.client_id, public_client=False, client_secret="v4lue", mailbox=app.upn)
+    write_secret(tmp_path / "app.secret", "v4lue")
+    app.settings["auth"] = {"flow": "client_secret",
+                            "client_secret_file": str(tmp_path / "app.secret"),
+                            "client_secret_expires": "2031-01-31"}
+    app.settings["smtp"] = {"host": "127.0.0.1", "port": dovecot.submission_port}
+    app.settings["checks"] = ["token", "imap_login", "inbox", "oversized", "junk", "smtp_login"]
     failing = make_mailbox("failing")
     failing.set_password_file("wrong-password")
-    config = write_config(tmp_path, entra, dovecot, [healthy, failing], interval="1s")
+    config = write_config(tmp_path, entra, dovecot, [healthy, app, failing], interval="1s")
+    # An admin records the weekly Junk review of the healthy mailbox.
+    review = run(sys.executable, "-m", "exporter", "junk-review", f"--config.file={config}",
+                 "--mailbox", "healthy", "--ack")
+    assert review.returncode == 0, review.stdout + review.stderr
     exporter = exporter_process(config)
     exporter.wait_for("o365_mailbox_up", 1.0, mailbox="healthy")
+    exporter.wait_for("o365_mailbox_up", 1.0, mailbox="app")
     exporter.wait_for("o365_mailbox_folder_oldest_message_timestamp_seconds",
                       mailbox="healthy", folder="junk")
+    exporter.wait_for("o365_mailbox_junk_last_review_timestamp_seconds", mailbox="healthy")
+    exporter.wait_for("o365_mailbox_credential_expiry_timestamp_seconds", mailbox="app",
+                      kind="client_secret")
+    exporter.wait_for("o365_mailbox_tls_certificate_expiry_timestamp_seconds", mailbox="app",
+                      endpoint="smtp")
     exporter.wait_for("o365_mailbox_check_failures_total", mailbox="failing", check="token",
                       reason="backoff", code="50126")
     samples = exporter.metrics()
@@ -276,3 +327,5 @@ def test_every_metric_name_used_exists_in_the_exposition(
     assert values["check"] <= label_values["check"], values["check"] - label_values["check"]
     assert values["folder"] <= label_values["folder"], values["folder"] - label_values["folder"]
     assert values["reason"] <= set(REASONS), values["reason"] - set(REASONS)
+    for label in ("kind", "endpoint"):
+        assert values[label] <= label_values[label], values[label] - label_values[label]

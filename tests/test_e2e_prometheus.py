@@ -6,6 +6,12 @@ mailbox, the reason and the AADSTS code; putting the new password into the secre
 resolve the page. While the mailbox is broken, every PromQL expression of every dashboard panel
 must return data from the same Prometheus.
 
+Both mailboxes run every check including `smtp_login` (against Dovecot's submission service);
+hr signs in app-only with a client secret that expires in 20 days, has a Junk review recorded
+with `junk-review --ack`, and gets mail in Sent Items and its inbox between runs, so the send,
+drain, expiry and review panels have data, and the warnings about the expiring secret and
+servicedesk's never-reviewed Junk fire in Prometheus (warnings do not page).
+
 The rules are the shipped ones with every `for:` shortened to 2s (`rules_for_quick_test`);
 the exporter checks every second, Prometheus scrapes and evaluates every second, Alertmanager
 groups with 1s timers.
@@ -14,14 +20,19 @@ groups with 1s timers.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from tests.conftest import write_config
+from tests.conftest import ROOT, write_config, write_secret
 from tests.helpers_prometheus import (
     DASHBOARD_FILE,
+    Prometheus,
     WebhookReceiver,
     dashboard_queries,
     grafana_to_promql,
@@ -32,6 +43,31 @@ from tests.helpers_prometheus import (
 from tests.testbed import make_message
 
 TOKEN_ALERT = "O365MailboxTokenRefreshFailing"
+ALL_CHECKS = ["token", "imap_login", "inbox", "oversized", "junk", "smtp_login"]
+
+
+def _deliver(dovecot: Any, upn: str, folder: str, count: int) -> None:
+    for i in range(count):
+        dovecot.deliver(upn, folder, make_message(f"Re: ticket {i}", "desk@contoso.example"),
+                        internaldate=datetime.now(UTC))
+
+
+def _ack_junk_review(config: Path, mailbox: str) -> subprocess.Popen[str]:
+    """`o365-mailbox-exporter junk-review --ack`, as an admin runs it (started, not awaited)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "exporter", "junk-review", f"--config.file={config}",
+         "--mailbox", mailbox, "--ack"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def _firing(prometheus: Prometheus, alertname: str) -> set[str]:
+    return {
+        a["labels"].get("mailbox", "")
+        for a in prometheus.alerts()
+        if a["state"] == "firing" and a["labels"]["alertname"] == alertname
+    }
 
 
 def _is(alert: dict, status: str, alertname: str, mailbox: str) -> bool:
@@ -63,6 +99,17 @@ def test_auth_page_fires_and_resolves_and_dashboards_return_data(
                     internaldate=now - timedelta(minutes=1))
     dovecot.deliver(hr.upn, "Junk Email", make_message("Cheap pills", "spam@spam.example"),
                     internaldate=now - timedelta(days=2))
+    # hr: app-only with a client secret that expires in 20 days (a warning, not a page).
+    hr.client_id = str(uuid.uuid4())
+    entra.add_app(hr.client_id, public_client=False, client_secret="v4lue", mailbox=hr.upn)
+    secret_file = tmp_path / "hr.secret"
+    write_secret(secret_file, "v4lue")
+    secret_expires = (now + timedelta(days=20)).date()
+    hr.settings["auth"] = {"flow": "client_secret", "client_secret_file": str(secret_file),
+                           "client_secret_expires": secret_expires.isoformat()}
+    for mailbox in (desk, hr):
+        mailbox.settings["smtp"] = {"host": "127.0.0.1", "port": dovecot.submission_port}
+        mailbox.settings["checks"] = ALL_CHECKS
     config = write_config(tmp_path, entra, dovecot, [desk, hr], interval="1s")
 
     webhook = WebhookReceiver()
@@ -70,6 +117,10 @@ def test_auth_page_fires_and_resolves_and_dashboards_return_data(
     try:
         alertmanager = start_alertmanager(tmp_path / "alertmanager", webhook.url, wait=False)
         servers.append(alertmanager)
+        # An admin has done hr's weekly Junk review (servicedesk's Junk was never reviewed).
+        review = _ack_junk_review(config, "hr")
+        review_output, _ = review.communicate(timeout=30)
+        assert review.returncode == 0, review_output
         exporter = exporter_process(config)
         prometheus = start_prometheus(
             tmp_path / "prometheus",
@@ -82,11 +133,40 @@ def test_auth_page_fires_and_resolves_and_dashboards_return_data(
         alertmanager.wait_ready()
         prometheus.wait_ready()
         assert {g["name"] for g in prometheus.rule_groups()} == {
-            "o365-mailbox.auth", "o365-mailbox.backlog", "o365-mailbox.junk-oversized",
-            "o365-mailbox.exporter",
+            "o365-mailbox.auth", "o365-mailbox.backlog", "o365-mailbox.sending",
+            "o365-mailbox.expiry", "o365-mailbox.junk-oversized", "o365-mailbox.exporter",
         }
         prometheus.wait_for("o365_mailbox_up == 1", lambda r: len(r) == 2, timeout=30)
         healthy_at = time.monotonic()
+
+        # -- the desk sends 3 replies and gets 2 new messages between runs
+        _deliver(dovecot, hr.upn, "Sent Items", 3)
+        _deliver(dovecot, hr.upn, "INBOX", 2)
+        prometheus.wait_for(
+            'o365_mailbox_folder_arrived_messages_total{mailbox="hr", folder="sent"} == 3'
+        )
+        prometheus.wait_for(
+            'o365_mailbox_folder_arrived_messages_total{mailbox="hr", folder="inbox"} == 2'
+        )
+        expiry = prometheus.query(
+            'o365_mailbox_credential_expiry_timestamp_seconds{mailbox="hr", kind="client_secret"}'
+        )
+        assert [float(r["value"][1]) for r in expiry] == [
+            datetime(secret_expires.year, secret_expires.month, secret_expires.day,
+                     tzinfo=UTC).timestamp()
+        ]
+        # The warnings fire in Prometheus (the quick rules wait 2s); none of them pages.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (
+            "hr" in _firing(prometheus, "O365MailboxCredentialExpiringSoon")
+            and "servicedesk" in _firing(prometheus, "O365MailboxJunkReviewOverdue")
+        ):
+            time.sleep(0.2)
+        assert _firing(prometheus, "O365MailboxCredentialExpiringSoon") == {"hr"}
+        assert _firing(prometheus, "O365MailboxJunkReviewOverdue") == {"servicedesk"}
+        assert _firing(prometheus, "O365MailboxCredentialExpiryImminent") == set()
+        assert _firing(prometheus, "O365MailboxSmtpLoginFailing") == set()
+        warnings_at = time.monotonic()
 
         # -- break: the password changes in Entra ID (the refresh token is revoked with it),
         # the exporter's password file still holds the old one.
@@ -145,6 +225,7 @@ def test_auth_page_fires_and_resolves_and_dashboards_return_data(
             (a["labels"]["alertname"], a["labels"].get("mailbox")) for _, a in webhook.alerts()
         ]
         assert ("O365MailboxImapLoginFailing", "servicedesk") not in paged
+        assert ("O365MailboxSmtpLoginFailing", "servicedesk") not in paged
         assert not [p for p in paged if p[1] == "hr"], paged
         firing_pages = [
             a for _, a in webhook.alerts() if _is(a, "firing", TOKEN_ALERT, "servicedesk")
@@ -159,7 +240,8 @@ def test_auth_page_fires_and_resolves_and_dashboards_return_data(
 
     print(
         f"\ne2e: bed+exporter+prometheus+alertmanager healthy after "
-        f"{healthy_at - started:.1f}s; break -> page {paged_at - broken_at:.1f}s; "
+        f"{healthy_at - started:.1f}s; arrivals and warnings {warnings_at - healthy_at:.1f}s; "
+        f"break -> page {paged_at - broken_at:.1f}s; "
         f"dashboard queries {dashboards_checked_at - paged_at:.1f}s; "
         f"fix -> resolved {resolved_at - fixed_at:.1f}s; "
         f"test body {time.monotonic() - started:.1f}s"

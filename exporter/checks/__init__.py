@@ -53,12 +53,19 @@ class OversizedMeasurement:
     largest_bytes: int
 
 
+@dataclass(frozen=True, slots=True)
+class JunkReviewMeasurement:
+    reviewed_at: float  # unix time of the latest `junk-review --ack`
+    unreviewed: int  # Junk messages that arrived since (by UID)
+
+
 Measurement = (
     TokenMeasurement
     | FolderMeasurement
     | OversizedMeasurement
     | TlsMeasurement
     | CredentialMeasurement
+    | JunkReviewMeasurement
 )
 
 
