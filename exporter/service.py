@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Shard:
-    """`--shard=I/N`: this replica owns the mailboxes whose stable hash is I modulo N."""
+    """`--shard=I/N`: this replica owns the mailboxes whose hashmod is I modulo N."""
 
     index: int
     count: int
@@ -37,8 +37,10 @@ class Shard:
         return cls(int(index), int(count))
 
     def owns(self, mailbox: str) -> bool:
-        digest = hashlib.sha256(mailbox.encode()).digest()
-        return int.from_bytes(digest[:8], "big") % self.count == self.index
+        """Prometheus' own `hashmod` (MD5, last 8 bytes big-endian, modulo N), so a shard
+        and a `hashmod` relabelling on the mailbox name pick the same replica."""
+        digest = hashlib.md5(mailbox.encode(), usedforsecurity=False).digest()
+        return int.from_bytes(digest[8:], "big") % self.count == self.index
 
 
 class Service:

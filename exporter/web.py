@@ -66,7 +66,9 @@ class ExporterApp:
         """Multi-target mode (the blackbox pattern): run one mailbox's checks now, within the
         scrape's timeout, and answer with just its metrics."""
         started = time.monotonic()
-        name = parse_qs(environ.get("QUERY_STRING", "")).get("mailbox", [""])[0]
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        # `target` too: the Prometheus Operator's Probe object sends its targets that way.
+        name = (query.get("mailbox") or query.get("target") or [""])[0]
         config = self.service.config
         mailbox = next((m for m in config.mailboxes if m.name == name), None) if config else None
         if config is None or mailbox is None:

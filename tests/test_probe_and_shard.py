@@ -6,14 +6,18 @@ import time
 import urllib.request
 
 import pytest
+import yaml
 
 from exporter.service import Shard
-from tests.conftest import write_config
+from tests.conftest import free_port, write_config
+from tests.helpers_prometheus import Server
 from tests.test_failure_reasons import hung_server  # noqa: F401 - fixture
 
 
-def _probe(exporter, mailbox: str, timeout_header: str | None = None) -> tuple[int, str, float]:
-    request = urllib.request.Request(f"{exporter.url}/probe?mailbox={mailbox}")
+def _probe(
+    exporter, mailbox: str, timeout_header: str | None = None, param: str = "mailbox"
+) -> tuple[int, str, float]:
+    request = urllib.request.Request(f"{exporter.url}/probe?{param}={mailbox}")
     if timeout_header is not None:
         request.add_header("X-Prometheus-Scrape-Timeout-Seconds", timeout_header)
     started = time.monotonic()
@@ -46,6 +50,8 @@ def test_probe_runs_one_mailbox_now_and_returns_just_its_metrics(
     assert entra.attempts(username=first.upn) == 2  # every probe is a real refresh
     assert exporter.value("o365_mailbox_up", mailbox="first") == 1.0  # also on /metrics
     assert _probe(exporter, "nobody", "5")[0] == 400
+    status, body, _elapsed = _probe(exporter, "second", "5", param="target")
+    assert status == 200 and 'o365_mailbox_up{mailbox="second"} 1.0' in body
 
 
 def test_probe_answers_within_the_scrape_timeout(
@@ -61,6 +67,56 @@ def test_probe_answers_within_the_scrape_timeout(
     assert elapsed < 2.0
     assert 'o365_mailbox_check_failures_total{check="imap_login",code="",mailbox="stuck",' \
         'reason="timeout"} 1.0' in body
+
+
+def test_shard_agrees_with_prometheus_hashmod(tmp_path):
+    """A real Prometheus keeps, with `hashmod` on the mailbox name for replica I, exactly the
+    mailboxes that --shard=I/3 owns (so the two scale-out modes can share a layout)."""
+    names = [f"mailbox-{i}" for i in range(24)]
+    config = {
+        "scrape_configs": [
+            {
+                "job_name": f"replica-{index}",
+                "scrape_interval": "1h",
+                "static_configs": [
+                    {"targets": [f"127.0.0.1:{i + 1}"], "labels": {"mailbox": name}}
+                    for i, name in enumerate(names)
+                ],
+                "relabel_configs": [
+                    {"source_labels": ["mailbox"], "modulus": 3, "target_label": "__tmp_shard",
+                     "action": "hashmod"},
+                    {"source_labels": ["__tmp_shard"], "regex": str(index), "action": "keep"},
+                ],
+            }
+            for index in range(3)
+        ]
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    server = Server(
+        "prometheus",
+        ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+         f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+        f"http://127.0.0.1:{port}",
+        tmp_path / "prometheus.log",
+    )
+    try:
+        server.wait_ready()
+        kept: dict[int, list[str]] = {}
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            active = server.get_json("/api/v1/targets", state="active")["data"]["activeTargets"]
+            kept = {}
+            for target in active:
+                index = int(target["labels"]["job"].rsplit("-", 1)[1])
+                kept.setdefault(index, []).append(target["labels"]["mailbox"])
+            if sum(len(v) for v in kept.values()) == len(names):
+                break
+            time.sleep(0.2)
+    finally:
+        server.stop()
+    for index in range(3):
+        assert sorted(kept.get(index, [])) == sorted(n for n in names if Shard(index, 3).owns(n))
 
 
 @pytest.mark.parametrize("count", [1, 2, 3, 7])
