@@ -37,7 +37,6 @@ from exporter.checks import (
     TlsMeasurement,
     TokenMeasurement,
 )
-from exporter.collector import MailboxCollector
 from exporter.config import Config, MailboxConfig, load_config
 from exporter.errors import ConfigError, ExporterError
 from exporter.failures import CheckFailed
@@ -405,13 +404,11 @@ def serve(config: Config, config_path: Path, options: ServeOptions) -> int:
         shard=options.shard,
         scheduled=options.scheduled,
     )
-    registry = CollectorRegistry()
-    registry.register(
-        MailboxCollector(service.store, lambda: service.config, lambda: service.reload_ok)
-    )
-    ProcessCollector(registry=registry)
+    process_metrics = CollectorRegistry()
+    ProcessCollector(registry=process_metrics)
     try:
-        server = make_http_server(listen, ExporterApp(service, registry), options.web_config)
+        app = ExporterApp(service, process_metrics)
+        server = make_http_server(listen, app, options.web_config)
     except (OSError, ValueError) as err:
         print(f"error: cannot listen on {listen}: {err}", file=sys.stderr)
         return EXIT_USAGE

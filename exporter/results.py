@@ -31,6 +31,7 @@ class MailboxResults:
     failures_total: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     arrived_total: Counter[str] = field(default_factory=Counter)  # folder -> messages
     uid_marks: dict[str, tuple[int, int]] = field(default_factory=dict)  # (UIDVALIDITY, UIDNEXT)
+    version: int = 0  # bumped on every change, so renderers can cache
 
     def count_arrivals(self, m: FolderMeasurement) -> None:
         """New messages from UIDNEXT growth; a UIDVALIDITY change restarts without a jump."""
@@ -61,6 +62,7 @@ class ResultStore:
     def record(self, mailbox: str, result: CheckResult) -> None:
         with self._lock:
             state = self._mailboxes.setdefault(mailbox, MailboxResults())
+            state.version += 1
             state.checks[result.check] = result
             for measurement in result.measurements:
                 if isinstance(measurement, FolderMeasurement):
@@ -85,20 +87,33 @@ class ResultStore:
                     continue
                 enabled = set(checks.get(name, ()))
                 state = self._mailboxes[name]
+                state.version += 1
                 for check in list(state.checks):
                     if check not in enabled:
                         del state.checks[check]
                         state.last_success.pop(check, None)
 
+    def version(self, mailbox: str) -> int:
+        """A number that changes whenever the mailbox's results do (-1: no results)."""
+        with self._lock:
+            state = self._mailboxes.get(mailbox)
+            return state.version if state is not None else -1
+
+    def snapshot_of(self, mailbox: str) -> MailboxSnapshot | None:
+        with self._lock:
+            state = self._mailboxes.get(mailbox)
+            return _snapshot(mailbox, state) if state is not None else None
+
     def snapshot(self) -> list[MailboxSnapshot]:
         with self._lock:
-            return [
-                MailboxSnapshot(
-                    name=name,
-                    checks=dict(state.checks),
-                    last_success=dict(state.last_success),
-                    failures_total=dict(state.failures_total),
-                    arrived_total=dict(state.arrived_total),
-                )
-                for name, state in sorted(self._mailboxes.items())
-            ]
+            return [_snapshot(name, state) for name, state in sorted(self._mailboxes.items())]
+
+
+def _snapshot(name: str, state: MailboxResults) -> MailboxSnapshot:
+    return MailboxSnapshot(
+        name=name,
+        checks=dict(state.checks),
+        last_success=dict(state.last_success),
+        failures_total=dict(state.failures_total),
+        arrived_total=dict(state.arrived_total),
+    )

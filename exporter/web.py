@@ -15,10 +15,9 @@ from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
 
 from exporter import __version__
-from exporter.collector import MailboxCollector
+from exporter.collector import CONTENT_TYPE, MetricsText
 from exporter.failures import hint_for
 from exporter.results import MailboxSnapshot
 from exporter.runner import runnable_checks
@@ -29,16 +28,21 @@ StartResponse = Callable[..., Any]
 
 
 class ExporterApp:
-    def __init__(self, service: Service, registry: CollectorRegistry) -> None:
+    def __init__(self, service: Service, process_registry: CollectorRegistry | None = None) -> None:
+        """`process_registry`: further collectors appended to /metrics (process metrics)."""
         self.service = service
-        self.registry = registry
+        self.metrics = MetricsText(
+            service.store,
+            lambda: service.config,
+            lambda: service.reload_ok,
+            registry=process_registry,
+        )
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
         method = environ.get("REQUEST_METHOD", "GET")
         if path == "/metrics":
-            encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
-            return self._reply(start_response, "200 OK", encoder(self.registry), content_type)
+            return self._reply(start_response, "200 OK", self.metrics.render(), CONTENT_TYPE)
         if path == "/probe":
             return self._probe(environ, start_response)
         if path == "/-/healthy":
@@ -80,17 +84,10 @@ class ExporterApp:
         with contextlib.suppress(TimeoutError):
             self.service.scheduler.run_now(name, deadline)
         one = dataclasses.replace(config, mailboxes=(mailbox,))
-        registry = CollectorRegistry()
-        registry.register(
-            MailboxCollector(
-                self.service.store,
-                lambda: one,
-                lambda: self.service.reload_ok,
-                exporter_metrics=False,
-            )
-        )
-        encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
-        return self._reply(start_response, "200 OK", encoder(registry), content_type)
+        text = MetricsText(
+            self.service.store, lambda: one, lambda: True, exporter_metrics=False
+        ).render()
+        return self._reply(start_response, "200 OK", text, CONTENT_TYPE)
 
     @staticmethod
     def _reply(

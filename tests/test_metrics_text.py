@@ -1,0 +1,68 @@
+"""The cached text renderer: valid exposition, fresh values after each result, no stale series."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.checks import FolderMeasurement, TokenMeasurement
+from exporter.collector import FAMILIES, MetricsText
+from exporter.config import AuthConfig, Config, Endpoint, Folders, MailboxConfig
+from exporter.failures import Failure
+from exporter.results import CheckResult, ResultStore
+
+
+def _mailbox(name: str) -> MailboxConfig:
+    return MailboxConfig(
+        name=name, username=f"{name}@contoso.com", tenant_id="contoso.com",
+        client_id="46a662fb-0fed-4f72-a212-95216e5b0f28",
+        auth=AuthConfig("password", password_env="PW"), scopes=(),
+        authority_host="https://login.microsoftonline.com", imap=Endpoint("imap", 993),
+        smtp=Endpoint("smtp", 587), ca_file=None, folders=Folders(),
+        checks=("token", "imap_login", "inbox"), interval=60.0, timeout=30.0,
+        oversized_bytes=1000,
+    )
+
+
+def _samples(text: bytes) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text.decode())
+        for s in family.samples
+    }
+
+
+def test_render_is_valid_fresh_and_forgets_removed_mailboxes():
+    store = ResultStore()
+    config = Config(Path("c.yml"), Path("state"), (_mailbox("a"), _mailbox('b"q')))
+    current = [config]
+    text = MetricsText(store, lambda: current[0], lambda: True)
+
+    store.record("a", CheckResult("token", True, 0.25, 1000.0, None, (TokenMeasurement(4600.0),)))
+    store.record("a", CheckResult("imap_login", False, 1.5, 1001.0, Failure("timeout")))
+    store.record('b"q', CheckResult("token", True, 0.1, 1000.0))
+    first = _samples(text.render())
+
+    assert first[("o365_mailbox_up", frozenset({("mailbox", "a")}))] == 0.0
+    assert first[("o365_mailbox_token_expiry_timestamp_seconds",
+                  frozenset({("mailbox", "a")}))] == 4600.0
+    assert first[("o365_mailbox_check_failures_total", frozenset(
+        {("mailbox", "a"), ("check", "imap_login"), ("reason", "timeout"), ("code", "")}))] == 1
+    assert first[("o365_mailbox_check_success",
+                  frozenset({("mailbox", 'b"q'), ("check", "token")}))] == 1.0  # escaped
+
+    store.record("a", CheckResult("imap_login", True, 0.5, 1060.0))
+    store.record("a", CheckResult("inbox", True, 0.1, 1061.0, None,
+                                  (FolderMeasurement("inbox", 7, 2, 900.0),)))
+    second = _samples(text.render())
+    assert second[("o365_mailbox_up", frozenset({("mailbox", "a")}))] == 1.0
+    assert second[("o365_mailbox_folder_messages",
+                   frozenset({("mailbox", "a"), ("folder", "inbox")}))] == 7.0
+
+    current[0] = dataclasses.replace(config, mailboxes=(_mailbox("a"),))
+    third = text.render()
+    assert b'mailbox="b\\"q"' not in third
+    assert all(f"# TYPE {name}" in third.decode() for name in ("o365_mailbox_up",))
+    assert len(list(text_string_to_metric_families(third.decode()))) == len(FAMILIES)
