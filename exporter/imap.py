@@ -13,7 +13,7 @@ import imaplib
 import re
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Self
@@ -56,6 +56,10 @@ class MessageHeaders:
 
 
 _HEADER_CHUNK = 500  # UIDs per FETCH: bounded command lines and answers
+# Dates read to find the oldest message on its day; sizes read to find the largest oversized
+# message (a server refuses a FETCH of 100,000 numbers: "BAD Too long argument").
+OLDEST_CANDIDATES = 1000
+OVERSIZED_SIZES_READ = 5000
 
 
 def _response_code(message: str, default: str) -> str:
@@ -272,25 +276,28 @@ class ImapSession:
         except Exception as err:
             raise self._failed(err, f"EXAMINE {folder}") from err
         self.selected = folder
-        return FolderStatus(
-            messages=int(info.get(b"EXISTS", 0)),
-            uidnext=_optional_int(info.get(b"UIDNEXT")),
-            uidvalidity=_optional_int(info.get(b"UIDVALIDITY")),
-        )
+        with _unparsable(f"EXAMINE {folder}"):
+            return FolderStatus(
+                messages=_count(info.get(b"EXISTS", 0)),
+                uidnext=_optional_int(info.get(b"UIDNEXT")),
+                uidvalidity=_optional_int(info.get(b"UIDVALIDITY")),
+            )
 
     def status(self, folder: str) -> FolderStatus:
         """STATUS of a folder that is not selected: count, UIDNEXT, UIDVALIDITY."""
         items = [b"MESSAGES", b"UIDNEXT", b"UIDVALIDITY"]
         status = self._call(f"STATUS {folder}", self._client.folder_status, folder, items)
-        return FolderStatus(
-            messages=int(status[b"MESSAGES"]),
-            uidnext=_optional_int(status.get(b"UIDNEXT")),
-            uidvalidity=_optional_int(status.get(b"UIDVALIDITY")),
-        )
+        with _unparsable(f"STATUS {folder}"):
+            return FolderStatus(
+                messages=_count(status[b"MESSAGES"]),
+                uidnext=_optional_int(status.get(b"UIDNEXT")),
+                uidvalidity=_optional_int(status.get(b"UIDVALIDITY")),
+            )
 
     def unseen(self, folder: str) -> int:
         status = self._call("STATUS", self._client.folder_status, folder, [b"UNSEEN"])
-        return int(status[b"UNSEEN"])
+        with _unparsable("STATUS"):
+            return _count(status[b"UNSEEN"])
 
     def oldest_internaldate(self, messages: int) -> datetime | None:
         """INTERNALDATE of the oldest message of the selected folder, found server-side.
@@ -306,17 +313,25 @@ class ImapSession:
         client.use_uid = False
         try:
             first = self._call("FETCH 1 INTERNALDATE", client.fetch, [1], [b"INTERNALDATE"])
-            first_date: datetime = first[1][b"INTERNALDATE"]
-            candidates = self._call(
-                "SEARCH BEFORE",
-                client.search,
-                ["BEFORE", first_date.date() + timedelta(days=1)],
-            )
+            with _unparsable("FETCH 1 INTERNALDATE"):
+                first_date = _internaldate(first[1])
+                day_after = first_date.date() + timedelta(days=1)
+            if messages == 1:
+                return first_date
+            candidates = self._call("SEARCH BEFORE", client.search, ["BEFORE", day_after])
             dates = [first_date]
-            others = [seq for seq in candidates if seq != 1]
-            if others:
-                fetched = self._call("FETCH INTERNALDATE", client.fetch, others, [b"INTERNALDATE"])
-                dates.extend(item[b"INTERNALDATE"] for item in fetched.values())
+            with _unparsable("SEARCH BEFORE"):
+                others = sorted(int(seq) for seq in candidates if seq != 1)
+            if len(others) > OLDEST_CANDIDATES:
+                # A mail loop can put 100,000 messages on the oldest day. The oldest of them is
+                # among the first by sequence (arrival order) or the last (moved in later).
+                half = OLDEST_CANDIDATES // 2
+                others = others[:half] + others[-half:]
+            for start in range(0, len(others), _HEADER_CHUNK):
+                chunk = others[start : start + _HEADER_CHUNK]
+                fetched = self._call("FETCH INTERNALDATE", client.fetch, chunk, [b"INTERNALDATE"])
+                with _unparsable("FETCH INTERNALDATE"):
+                    dates.extend(_internaldate(item) for item in fetched.values())
         finally:
             client.use_uid = True
         return min(dates)
@@ -326,9 +341,17 @@ class ImapSession:
         uids = self._call("SEARCH LARGER", self._client.search, ["LARGER", threshold])
         if not uids:
             return Oversized(0, 0)
-        sizes = self._call("FETCH RFC822.SIZE", self._client.fetch, uids, [b"RFC822.SIZE"])
-        values = [int(item[b"RFC822.SIZE"]) for item in sizes.values()]
-        return Oversized(len(values), max(values, default=0))
+        largest = 0
+        ordered = sorted(uids)
+        if len(ordered) > OVERSIZED_SIZES_READ:  # the count stays exact; the largest is read
+            half = OVERSIZED_SIZES_READ // 2  # among the oldest and the newest messages
+            ordered = ordered[:half] + ordered[-half:]
+        for start in range(0, len(ordered), _HEADER_CHUNK):
+            chunk = ordered[start : start + _HEADER_CHUNK]
+            sizes = self._call("FETCH RFC822.SIZE", self._client.fetch, chunk, [b"RFC822.SIZE"])
+            with _unparsable("FETCH RFC822.SIZE"):
+                largest = max([largest, *(_count(i[b"RFC822.SIZE"]) for i in sizes.values())])
+        return Oversized(len(uids), largest)
 
     def capabilities(self) -> frozenset[str]:
         """The server's capabilities (after login: the authenticated set), upper-case."""
@@ -421,6 +444,33 @@ class ImapSession:
 
 def _optional_int(value: object) -> int | None:
     return value if isinstance(value, int) else None
+
+
+@contextlib.contextmanager
+def _unparsable(step: str) -> Iterator[None]:
+    """A server's answer that does not have the expected shape is `protocol`, not a crash
+    reported as `unknown` (found by fuzzing the answers through a proxy)."""
+    try:
+        yield
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError) as err:
+        raise fail("protocol", f"{step}: unparsable answer ({type(err).__name__})") from err
+
+
+def _count(value: object) -> int:
+    """A message count or size: a non-negative int (or its digits), else ValueError."""
+    if isinstance(value, bytes | str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"not a count: {value!r:.40}")
+    return value
+
+
+def _internaldate(item: object) -> datetime:
+    """The INTERNALDATE of one FETCH item: a datetime with its time zone, else ValueError."""
+    value = item[b"INTERNALDATE"]  # type: ignore[index]
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise ValueError(f"not an INTERNALDATE: {value!r:.60}")
+    return value
 
 
 def _header_bytes(data: dict[bytes, object]) -> bytes:
