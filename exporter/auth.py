@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import msal
 import requests
+import requests.adapters
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from msal_extensions import FilePersistence, PersistedTokenCache
@@ -81,6 +82,7 @@ class HttpSession(requests.Session):
 
     def __init__(self, verify: str | bool, timeout: float) -> None:
         super().__init__()
+        self.mount("https://", _SharedContextAdapter())
         self.verify = verify
         self.default_timeout = timeout
         self.last_status: int | None = None
@@ -176,12 +178,55 @@ def combined_ca_bundle(ca_file: Path, state_dir: Path) -> str:
     return str(bundle)
 
 
+# TLS contexts are shared, one per trust source: each holds a parsed copy of the system CA
+# store (about 0.8 MiB and 18 ms of CPU to build), and a context is safe to share across
+# threads. A changed file (by mtime and size) gets a new context.
+_contexts: dict[tuple[str, str, int, int], ssl.SSLContext] = {}
+_contexts_lock = threading.Lock()
+
+
+def _shared_context(kind: str, path: str | None) -> ssl.SSLContext:
+    stat = os.stat(path) if path else None
+    key = (kind, path or "", stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
+    with _contexts_lock:
+        context = _contexts.get(key)
+        if context is None:
+            if kind == "bundle":  # requests' verify=PATH: that bundle alone
+                context = ssl.create_default_context(cafile=path)
+            else:  # IMAP/SMTP: the system store plus the extra CA
+                context = ssl.create_default_context()
+                if path:
+                    context.load_verify_locations(cafile=path)
+            _contexts[key] = context
+        return context
+
+
 def tls_context(ca_file: Path | None) -> ssl.SSLContext:
-    """System trust plus the mailbox's extra CA, for IMAP and SMTP."""
-    context = ssl.create_default_context()
-    if ca_file is not None:
-        context.load_verify_locations(cafile=str(ca_file))
-    return context
+    """System trust plus the mailbox's extra CA, for IMAP and SMTP (shared per file)."""
+    return _shared_context("extra", str(ca_file) if ca_file is not None else None)
+
+
+class _SharedContextAdapter(requests.adapters.HTTPAdapter):
+    """Verifies with one shared SSLContext per trust bundle. Left alone, requests has urllib3
+    build a context and parse the whole bundle for every new connection (at a 60 s interval
+    every refresh is a new connection): 20 ms of CPU and 0.8 MiB a time. The subclassing
+    points are the ones requests documents for a custom SSLContext."""
+
+    def build_connection_pool_key_attributes(
+        self, request: requests.PreparedRequest, verify: Any, cert: Any = None
+    ) -> tuple[Any, Any]:
+        host_params, pool_kwargs = super().build_connection_pool_key_attributes(
+            request, verify, cert
+        )
+        if isinstance(verify, str) and not os.path.isdir(verify):
+            pool_kwargs.pop("ca_certs", None)
+            pool_kwargs["ssl_context"] = _shared_context("bundle", verify)
+        return host_params, pool_kwargs
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        super().cert_verify(conn, url, verify, cert)  # type: ignore[no-untyped-call]
+        if isinstance(verify, str) and not os.path.isdir(verify):
+            conn.ca_certs = None  # the shared context already holds the bundle
 
 
 def _atomic_write(path: Path, data: bytes, mode: int) -> None:
