@@ -6,6 +6,8 @@ Knows nothing of metrics. `MailboxAuth.refresh()` either returns a fresh `Token`
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import ipaddress
 import json
@@ -17,7 +19,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -47,6 +49,22 @@ warnings.filterwarnings(
     message="This API has been deprecated for public client flows",
     category=DeprecationWarning,
 )
+
+
+class _WithholdResponseBodies(logging.Filter):
+    """MSAL logs an answer it cannot parse whole, at ERROR ("Token response is not in json
+    format: %s"). A token answer that a proxy cut short holds tokens, or pieces of them too
+    short for `scrub`. The failure itself is reported as `protocol`; the body stays out."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            count = len(record.args) if isinstance(record.args, tuple) else 1
+            record.args = ("<response body withheld>",) * count
+        return True
+
+
+for _logger in ("msal.oauth2cli.oauth2", "msal.mex", "msal.wstrust_request"):
+    logging.getLogger(_logger).addFilter(_WithholdResponseBodies())
 
 # Hosts MSAL knows; any other authority_host gets instance discovery turned off so that
 # no request ever goes to login.microsoftonline.com for it.
@@ -281,11 +299,59 @@ def ensure_state_dir(state_dir: Path) -> None:
         raise StateError(f"state_dir {state_dir}: {err.strerror}") from err
 
 
+class FlockTokenCache(PersistedTokenCache):  # type: ignore[misc]
+    """msal-extensions' persisted cache, its writes serialized by flock(2).
+
+    Without `portalocker`, msal-extensions locks by creating `NAME.json.lockfile` and deleting
+    it afterwards. A process killed inside that lock (kill -9, the OOM killer) leaves the file
+    behind, and every later write by any process waits 5 s and fails ("Unable to obtain
+    lock"): the mailbox's token check failed on every run until someone deleted the file. The
+    kernel releases a flock when its process dies, so a crash never leaves a lock behind. The
+    lock file (`NAME.json.lock`, empty, 0600) stays in place; reads stay lock-free (every
+    write is an atomic replace).
+    """
+
+    LOCK_WAIT_SECONDS = 5.0
+
+    def modify(
+        self,
+        credential_type: Any,
+        old_entry: Any,
+        new_key_value_pairs: Any = None,
+    ) -> None:
+        with self._flock():
+            self._reload_if_necessary()
+            # The grandparent's modify: the parent's would take its own lock as well.
+            super(PersistedTokenCache, self).modify(
+                credential_type, old_entry, new_key_value_pairs=new_key_value_pairs
+            )
+            self._persistence.save(self.serialize())
+            self._last_sync = time.time()
+
+    @contextlib.contextmanager
+    def _flock(self) -> Iterator[None]:
+        location = self._persistence.get_location() + ".lock"
+        fd = os.open(location, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            give_up = time.monotonic() + self.LOCK_WAIT_SECONDS
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > give_up:
+                        raise StateError(f"token cache {location} stayed locked") from None
+                    time.sleep(0.01)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+
 def token_cache(state_dir: Path, mailbox: str) -> PersistedTokenCache:
-    """The mailbox's token cache file, shared safely by `serve` and `login` (file lock)."""
+    """The mailbox's token cache file, shared safely by `serve`, `check` and `login`."""
     ensure_state_dir(state_dir)
     location = state_dir / "tokens" / f"{mailbox}.json"
-    return PersistedTokenCache(AtomicFilePersistence(str(location)))
+    return FlockTokenCache(AtomicFilePersistence(str(location)))
 
 
 def _certificate_credential(pem: str) -> dict[str, str]:

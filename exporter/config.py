@@ -145,6 +145,9 @@ _DURATION_UNITS_MS = (
     ("s", 1_000),
     ("ms", 1),
 )
+# Longer waits are no use to a monitor, and the scheduler's and watchdog's waits would overflow
+# (threading.TIMEOUT_MAX is about 292 years; a 400-digit count does not even fit a float).
+MAX_DURATION_SECONDS = 365 * 86_400
 # Prometheus' grammar: units from largest to smallest, each at most once ("1h30m", not "30m1h").
 _DURATION_RE = re.compile("".join(rf"(?:(\d+){unit})?" for unit, _ in _DURATION_UNITS_MS))
 
@@ -153,10 +156,10 @@ def parse_duration(text: str) -> float:
     """Seconds in a Prometheus duration such as "500ms", "30s", "5m", "1h30m", "1d", "1w", "1y"."""
     if text == "0":
         return 0.0
-    match = _DURATION_RE.fullmatch(text)
+    match = _DURATION_RE.fullmatch(text) if len(text) <= 64 else None
     if match is None or not any(match.groups()):
         raise ValueError(
-            f'invalid duration "{text}": use numbers with units ms, s, m, h, d, w, y, '
+            f'invalid duration "{text[:64]}": use numbers with units ms, s, m, h, d, w, y, '
             "largest first, like 30s, 5m or 1h30m"
         )
     millis = sum(
@@ -164,6 +167,8 @@ def parse_duration(text: str) -> float:
         for count, (_, unit_ms) in zip(match.groups(), _DURATION_UNITS_MS, strict=True)
         if count is not None
     )
+    if millis > MAX_DURATION_SECONDS * 1000:  # also keeps the division below from overflowing
+        raise ValueError(f'invalid duration "{text[:40]}": longer than a year')
     return millis / 1000
 
 
@@ -191,10 +196,10 @@ def parse_size(value: int | str) -> int:
         if value < 0:
             raise ValueError(f"invalid size {value}: must not be negative")
         return value
-    match = _SIZE_RE.fullmatch(value.strip())
+    match = _SIZE_RE.fullmatch(value.strip()) if len(value) <= 64 else None
     if match is None or match.group(2).lower() not in _SIZE_UNITS:
         raise ValueError(
-            f'invalid size "{value}": use bytes (26214400) or a number with a unit: '
+            f'invalid size "{value[:64]}": use bytes (26214400) or a number with a unit: '
             "KB, MB, GB (1000) or KiB, MiB, GiB (1024), like 25MiB"
         )
     return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
@@ -850,7 +855,9 @@ class _Loader:
         except ValueError:
             seconds = None
         if text is None or seconds is None:
-            self.problems.at(field, _DURATION_EXPECTED)
+            match = _DURATION_RE.fullmatch(text or "")
+            too_long = match is not None and any(match.groups())
+            self.problems.at(field, "must be at most 1y" if too_long else _DURATION_EXPECTED)
             return None
         if seconds <= 0:
             self.problems.at(field, "must be greater than 0")

@@ -13,6 +13,7 @@ import smtplib
 import socket
 import ssl
 
+from exporter.auth import resolve
 from exporter.failures import CheckFailed, fail
 
 _ENHANCED_RE = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
@@ -35,6 +36,20 @@ def _text(reply: bytes | str) -> str:
     return " ".join(text.split())[:200]
 
 
+class _SMTP(smtplib.SMTP):
+    """smtplib.SMTP whose DNS lookup runs under the timeout too (`resolve`); the host name
+    stays the one STARTTLS verifies."""
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        error: OSError | None = None
+        for address in resolve(host, port, timeout):
+            try:
+                return socket.create_connection(address, timeout, self.source_address)
+            except OSError as err:
+                error = err
+        raise error or OSError(f"no address for {host}")
+
+
 class SmtpSession:
     """One SMTP submission connection. `abort()` may be called from another thread."""
 
@@ -55,7 +70,7 @@ class SmtpSession:
         """Connect, EHLO, STARTTLS, EHLO. Returns the server certificate (DER)."""
         try:
             # The host given to the constructor is also STARTTLS's server_hostname.
-            smtp = self._smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+            smtp = self._smtp = _SMTP(self.host, self.port, timeout=self.timeout)
             smtp.ehlo()
             if not smtp.has_extn("starttls"):
                 raise fail("protocol", "the server does not offer STARTTLS", code="")

@@ -1,0 +1,278 @@
+"""A TLS-terminating IMAP proxy in front of the real Dovecot that misbehaves on demand.
+
+Dovecot is a correct server: it cannot hang half-way through a reply, answer garbage or send a
+10 GiB literal when asked to. This proxy relays a real Dovecot session and breaks it in one
+chosen way, switchable at run time (`set_fault`). A fault applies to connections accepted
+after the switch; switching closes the connections that were accepted under a fault, so a hung
+session never outlives its fault.
+
+| fault | what the client sees |
+|---|---|
+| `pass` | Dovecot, through one more TLS hop |
+| `refuse` | the port is closed: connection refused |
+| `silent` | TCP and TLS are accepted, the greeting never comes |
+| `hang` | the reply to `command` stops half-way through its first line |
+| `trickle` | as `hang`, then one byte every 0.2 s forever (no read timeout ever fires) |
+| `garbage` | `payload` instead of the reply to `command`, then the connection closes |
+| `literal` | the reply to `command` is an endless literal announced as `literal_size` bytes |
+| `drop` | the connection closes right after the server's OK to AUTHENTICATE |
+| `rewrite` | the reply to `command` (up to its tagged completion) goes through `rewrite` |
+
+`command` matches the IMAP command name, `UID FETCH` counting as `FETCH`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trustme
+
+from tests.faults.loop import run
+
+KINDS = ("pass", "refuse", "silent", "hang", "trickle", "garbage", "literal", "drop", "rewrite")
+GARBAGE = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 \xff\xfeHTTP/1.1 400 Bad Request\r\n"
+_LITERAL_RE = re.compile(rb"\{(\d+)\+?\}\r\n$")
+_LINE_LIMIT = 2**20
+
+
+@dataclass(frozen=True)
+class ImapFault:
+    kind: str = "pass"
+    command: str = "FETCH"
+    payload: bytes = GARBAGE
+    literal_size: int = 10 * 2**30
+    rewrite: Callable[[bytes], bytes] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown IMAP fault {self.kind!r}")
+
+
+@dataclass
+class _Session:
+    fault: ImapFault
+    pending: dict[bytes, str] = field(default_factory=dict)  # tag -> command
+    current: str = ""
+    writers: list[asyncio.StreamWriter] = field(default_factory=list)
+
+
+def _command_name(line: bytes) -> tuple[bytes, str] | None:
+    """(tag, command) of a client command line; None for a continuation (SASL data...)."""
+    words = line.split()
+    if len(words) < 2 or not words[0].isalnum():
+        return None
+    name = words[1].decode("ascii", "replace").upper()
+    if name == "UID" and len(words) > 2:
+        name = words[2].decode("ascii", "replace").upper()
+    return words[0], name
+
+
+async def _read_logical_line(reader: asyncio.StreamReader) -> bytes:
+    """One line with any literals it announces (`{n}` then n bytes, then the line goes on)."""
+    data = await reader.readline()
+    out = data
+    while data and (match := _LITERAL_RE.search(data)):
+        out += await reader.readexactly(int(match.group(1)))
+        data = await reader.readline()
+        out += data
+    return out
+
+
+class ImapFaultProxy:
+    """`host:port` speaks IMAPS with a certificate from `ca` for `names`; relays to upstream."""
+
+    def __init__(
+        self,
+        ca: trustme.CA,
+        upstream_host: str,
+        upstream_port: int,
+        *,
+        names: tuple[str, ...] = ("127.0.0.1",),
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.host = host
+        self.upstream = (upstream_host, upstream_port)
+        self._server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert(*names).configure_cert(self._server_ctx)
+        self._client_ctx = ssl.create_default_context()
+        ca.configure_trust(self._client_ctx)
+        self._fault = ImapFault()
+        self._server: asyncio.Server | None = None
+        self._port = 0
+        self._live: dict[asyncio.Task[None], _Session] = {}
+        self.accepted = 0
+        self.literal_bytes_sent = 0
+
+    # -- control (from test code) -----------------------------------------------------------
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def fault(self) -> ImapFault:
+        return self._fault
+
+    def start(self) -> ImapFaultProxy:
+        run(self._listen())
+        return self
+
+    def stop(self) -> None:
+        run(self._stop())
+
+    def set_fault(self, kind: str, **options: object) -> None:
+        """Switch to a fault (see the module docstring); `pass` removes it."""
+        run(self._switch(ImapFault(kind, **options)))  # type: ignore[arg-type]
+
+    # -- the event loop side ----------------------------------------------------------------
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(
+            self._accept, self.host, self._port, ssl=self._server_ctx, limit=_LINE_LIMIT,
+            reuse_address=True, ssl_handshake_timeout=5,
+        )
+        self._port = self._server.sockets[0].getsockname()[1]
+
+    async def _close_listener(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _stop(self) -> None:
+        await self._close_listener()
+        await self._drop_sessions(everything=True)
+
+    async def _switch(self, fault: ImapFault) -> None:
+        self._fault = fault
+        await self._drop_sessions(everything=False)
+        if fault.kind == "refuse":
+            await self._close_listener()
+        elif self._server is None:
+            await self._listen()
+
+    async def _drop_sessions(self, everything: bool) -> None:
+        """Close the sessions accepted under a fault; they end as the client sees EOF."""
+        doomed = [t for t, s in self._live.items() if everything or s.fault.kind != "pass"]
+        for task in doomed:
+            for writer in self._live[task].writers:
+                writer.close()
+        if doomed:
+            _done, stuck = await asyncio.wait(doomed, timeout=2)
+            for task in stuck:
+                task.cancel()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        task = asyncio.current_task()
+        assert task is not None
+        session = _Session(self._fault, writers=[writer])
+        self._live[task] = session
+        try:
+            await self._serve(session, reader, writer)
+        except (OSError, asyncio.IncompleteReadError, ssl.SSLError, ValueError):
+            pass  # the client or Dovecot went away: that is what faults do
+        finally:
+            self._live.pop(task, None)
+            for w in session.writers:
+                w.close()
+
+    async def _serve(
+        self, session: _Session, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        if session.fault.kind == "silent":
+            while await reader.read(65536):
+                pass
+            return
+        up_reader, up_writer = await asyncio.open_connection(
+            *self.upstream, ssl=self._client_ctx, limit=_LINE_LIMIT
+        )
+        session.writers.append(up_writer)
+        tasks = {
+            asyncio.ensure_future(self._client_to_server(session, reader, up_writer)),
+            asyncio.ensure_future(self._server_to_client(session, up_reader, writer)),
+        }
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _client_to_server(
+        self, session: _Session, reader: asyncio.StreamReader, up: asyncio.StreamWriter
+    ) -> None:
+        while True:
+            line = await reader.readline()
+            if not line:
+                return
+            parsed = _command_name(line)
+            if parsed is not None:
+                tag, name = parsed
+                session.pending[tag] = name
+                session.current = name
+            up.write(line)
+            while match := _LITERAL_RE.search(line):
+                up.write(await reader.readexactly(int(match.group(1))))
+                line = await reader.readline()
+                up.write(line)
+            await up.drain()
+
+    async def _server_to_client(
+        self, session: _Session, up: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        fault = session.fault
+        rewritten: list[bytes] = []
+        while True:
+            line = await _read_logical_line(up)
+            if not line:
+                return
+            tag = line.split(b" ", 1)[0]
+            completes = tag in session.pending
+            command = session.pending.pop(tag) if completes else session.current
+            if fault.kind == "drop" and command == "AUTHENTICATE" and completes:
+                writer.write(line)
+                await writer.drain()
+                return
+            if command != fault.command or fault.kind in ("pass", "drop"):
+                writer.write(line)
+                await writer.drain()
+                continue
+            if fault.kind == "rewrite":
+                rewritten.append(line)
+                if completes:
+                    assert fault.rewrite is not None
+                    writer.write(fault.rewrite(b"".join(rewritten)))
+                    await writer.drain()
+                    rewritten.clear()
+                continue
+            await self._misbehave(fault, line, writer)
+            return
+
+    async def _misbehave(self, fault: ImapFault, line: bytes, writer: asyncio.StreamWriter) -> None:
+        if fault.kind == "garbage":
+            writer.write(fault.payload)
+            await writer.drain()
+            return
+        if fault.kind == "literal":
+            writer.write(b"* 1 FETCH (INTERNALDATE {%d}\r\n" % fault.literal_size)
+            chunk, sent = b"\0" * 65536, 0
+            while sent < fault.literal_size and not writer.is_closing():
+                writer.write(chunk)
+                await writer.drain()
+                await asyncio.sleep(0)  # drain() need not yield: let the client's EOF in
+                sent += len(chunk)
+                self.literal_bytes_sent += len(chunk)
+            return
+        writer.write(line[: max(1, len(line) // 2)])
+        await writer.drain()
+        while not writer.is_closing():  # hang / trickle: until the client gives up
+            await asyncio.sleep(0.2)
+            if fault.kind == "trickle":
+                writer.write(b"x")
+                await writer.drain()
