@@ -37,7 +37,14 @@ from msal_extensions.persistence import PersistenceNotFound
 
 from exporter.config import MailboxConfig, read_secret
 from exporter.errors import SecretError, StateError
-from exporter.failures import CheckFailed, Failure, classify_token_error, fail, scrub
+from exporter.failures import (
+    CheckFailed,
+    Failure,
+    classify_token_error,
+    fail,
+    first_line,
+    scrub,
+)
 from exporter.tlsinfo import first_certificate_pem
 
 log = logging.getLogger(__name__)
@@ -519,17 +526,12 @@ def _network_failure(err: BaseException, session: HttpSession) -> CheckFailed:
     if isinstance(err, requests.exceptions.Timeout):
         return fail("timeout", "the authority did not answer in time")
     if isinstance(err, requests.exceptions.ConnectionError):
-        return fail("connection", f"cannot reach the authority: {_first_line(err)}")
+        return fail("connection", f"cannot reach the authority: {scrub(first_line(err))}")
     if status == 429:
         return fail("throttled", "the authority is throttling requests", code="429")
     if status is not None and status >= 500:
         return fail("unknown", f"the authority answered HTTP {status}", code=str(status))
-    return fail("protocol", f"unexpected answer from the authority: {_first_line(err)}")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).splitlines()
-    return scrub(text[0]) if text else type(err).__name__
+    return fail("protocol", f"unexpected answer from the authority: {scrub(first_line(err))}")
 
 
 __all__ = [

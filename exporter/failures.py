@@ -8,6 +8,8 @@ in the words of the Entra ID / Exchange Online setup.
 from __future__ import annotations
 
 import re
+import socket
+import ssl
 from dataclasses import dataclass
 
 REASONS = (
@@ -211,3 +213,26 @@ def classify_token_error(
     message = description[0] if description else oauth_error
     code_label = str(code) if code is not None else ("429" if http_status == 429 else "")
     return Failure(reason, code_label, scrub(message), hint, retry_after)
+
+
+MAX_MESSAGE_CHARS = 300  # of server text quoted in a failure message
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's text, cut at MAX_MESSAGE_CHARS."""
+    lines = str(err).splitlines()
+    line = lines[0] if lines else type(err).__name__
+    return line if len(line) <= MAX_MESSAGE_CHARS else line[:MAX_MESSAGE_CHARS] + "..."
+
+
+def classify_transport(err: BaseException, step: str) -> CheckFailed | None:
+    """The failures every protocol shares (timeouts, TLS, DNS); None for the rest."""
+    if isinstance(err, CheckFailed):
+        return err
+    if isinstance(err, (socket.timeout, TimeoutError)):
+        return fail("timeout", f"{step}: no answer in time")
+    if isinstance(err, ssl.SSLError):
+        return fail("tls", f"{step}: TLS failed: {first_line(err)}")
+    if isinstance(err, socket.gaierror):
+        return fail("connection", f"{step}: cannot resolve host: {first_line(err)}")
+    return None

@@ -23,7 +23,7 @@ from imapclient import tls as imapclient_tls
 from imapclient.exceptions import IMAPClientError, LoginError
 
 from exporter.auth import resolve
-from exporter.failures import CheckFailed, fail
+from exporter.failures import CheckFailed, classify_transport, fail, first_line
 
 JUNK = b"\\Junk"  # RFC 6154 SPECIAL-USE attributes
 SENT = b"\\Sent"
@@ -74,40 +74,28 @@ def _response_code(message: str, default: str) -> str:
 # literal and one command's whole answer are bounded.
 MAX_LITERAL_BYTES = 8 * 2**20
 MAX_ANSWER_BYTES = 64 * 2**20
-_MAX_MESSAGE_CHARS = 300  # of server text quoted in a failure message
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).splitlines()
-    line = lines[0] if lines else type(err).__name__
-    return line if len(line) <= _MAX_MESSAGE_CHARS else line[:_MAX_MESSAGE_CHARS] + "..."
 
 
 def classify(err: BaseException, step: str) -> CheckFailed:
     """Map an exception from a network step to a reason word and a bounded code."""
-    if isinstance(err, CheckFailed):
-        return err
-    if isinstance(err, (socket.timeout, TimeoutError)):
-        return fail("timeout", f"{step}: no answer in time")
-    if isinstance(err, ssl.SSLError):
-        return fail("tls", f"{step}: TLS failed: {_first_line(err)}")
-    if isinstance(err, socket.gaierror):
-        return fail("connection", f"{step}: cannot resolve host: {_first_line(err)}")
+    shared = classify_transport(err, step)
+    if shared is not None:
+        return shared
     if isinstance(err, LoginError) and isinstance(err.__context__, imaplib.IMAP4.abort):
         # imapclient turns every error during AUTHENTICATE into LoginError, a dropped
         # connection or a garbled answer too: those are no credential rejection (which would
         # put the sign-in into the Smart Lockout backoff).
         return classify(err.__context__, step)
     if isinstance(err, LoginError):
-        text = _first_line(err)
+        text = first_line(err)
         return fail("auth_rejected", f"{step}: {text}", code=_response_code(text, "NO"))
     if isinstance(err, imaplib.IMAP4.abort):
-        text = _first_line(err)
+        text = first_line(err)
         if "socket error" in text and "unterminated line" not in text:
             return fail("connection", f"{step}: the server closed the connection: {text}")
         return fail("protocol", f"{step}: connection broken: {text}")
     if isinstance(err, (IMAPClientError, imaplib.IMAP4.error)):
-        text = _first_line(err)
+        text = first_line(err)
         code = "BAD" if "BAD" in text else _response_code(text, "NO")
         if "not connected" in text:
             # Exchange: "User is authenticated but not connected" (wrong service principal).
@@ -120,10 +108,10 @@ def classify(err: BaseException, step: str) -> CheckFailed:
             )
         return fail("protocol", f"{step}: {text}", code=code)
     if isinstance(err, OSError):
-        return fail("connection", f"{step}: {_first_line(err)}")
+        return fail("connection", f"{step}: {first_line(err)}")
     if isinstance(err, (ValueError, IndexError, KeyError, TypeError)):
-        return fail("protocol", f"{step}: unparsable answer: {_first_line(err)}")
-    return fail("unknown", f"{step}: {type(err).__name__}: {_first_line(err)}")
+        return fail("protocol", f"{step}: unparsable answer: {first_line(err)}")
+    return fail("unknown", f"{step}: {type(err).__name__}: {first_line(err)}")
 
 
 class _BoundedIMAP4(imapclient_tls.IMAP4_TLS):  # type: ignore[misc]
@@ -269,7 +257,7 @@ class ImapSession:
         try:
             info = self._client.select_folder(folder, readonly=True)
         except (IMAPClientError, imaplib.IMAP4.error) as err:
-            text = _first_line(err)
+            text = first_line(err)
             if "NONEXISTENT" in text or "doesn't exist" in text or "not exist" in text.lower():
                 raise fail("folder_missing", f"EXAMINE {folder}: {text}", code="NO") from err
             raise self._failed(err, f"EXAMINE {folder}") from err

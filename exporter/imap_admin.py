@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from imapclient.exceptions import IMAPClientError
 
-from exporter.failures import fail
-from exporter.imap import FolderStatus, ImapSession, _first_line, _optional_int
+from exporter.failures import fail, first_line
+from exporter.imap import FolderStatus, ImapSession, _optional_int
 
 DELETED = b"\\Deleted"
 
@@ -36,7 +36,7 @@ class AdminImapSession(ImapSession):
         try:
             info = self._client.select_folder(folder, readonly=False)
         except (IMAPClientError, imaplib.IMAP4.error) as err:
-            text = _first_line(err)
+            text = first_line(err)
             if "NONEXISTENT" in text or "doesn't exist" in text or "not exist" in text.lower():
                 raise fail("folder_missing", f"{step}: {text}", code="NO") from err
             raise self._failed(err, step) from err

@@ -14,7 +14,7 @@ import socket
 import ssl
 
 from exporter.auth import resolve
-from exporter.failures import CheckFailed, fail
+from exporter.failures import CheckFailed, classify_transport, fail
 
 _ENHANCED_RE = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
 
@@ -128,14 +128,9 @@ class SmtpSession:
 
 
 def classify(err: BaseException, step: str) -> CheckFailed:
-    if isinstance(err, CheckFailed):
-        return err
-    if isinstance(err, (socket.timeout, TimeoutError)):
-        return fail("timeout", f"{step}: no answer in time")
-    if isinstance(err, ssl.SSLError):
-        return fail("tls", f"{step}: TLS failed: {err}")
-    if isinstance(err, socket.gaierror):
-        return fail("connection", f"{step}: cannot resolve host: {err}")
+    shared = classify_transport(err, step)
+    if shared is not None:
+        return shared
     if isinstance(err, smtplib.SMTPConnectError):
         code = _code(err.smtp_code, err.smtp_error)
         return fail("protocol", f"{step}: greeting {err.smtp_code} {_text(err.smtp_error)}", code)

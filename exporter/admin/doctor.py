@@ -26,7 +26,7 @@ from exporter.admin.common import EXIT_FAILED, EXIT_OK, write_json
 from exporter.auth import MailboxAuth, Token, tls_context
 from exporter.config import Config, MailboxConfig, read_secret
 from exporter.errors import ExporterError, SecretError
-from exporter.failures import CheckFailed, classify_token_error, hint_for, scrub
+from exporter.failures import CheckFailed, classify_token_error, first_line, hint_for, scrub
 from exporter.imap import JUNK, SENT, ImapSession
 from exporter.smtp import SmtpSession
 from exporter.tlsinfo import not_after_der
@@ -131,7 +131,7 @@ def step_authority(walk: Walk) -> str:
         ) from err
     except requests.exceptions.RequestException as err:
         raise StepFailed(
-            f"cannot reach {mailbox.authority_host}: {_first_line(err)}",
+            f"cannot reach {mailbox.authority_host}: {scrub(first_line(err))}",
             "Check DNS, proxy and firewall for HTTPS to the authority, and authority_host.",
             "connection",
         ) from err
@@ -468,9 +468,4 @@ def report_text(
 def _tls_reason(err: BaseException) -> str:
     """The verification failure inside requests' long chain of wrapped exceptions."""
     match = re.search(r"certificate verify failed: ([^(]+?)\s*\(", str(err))
-    return f"certificate verify failed: {match.group(1)}" if match else _first_line(err)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).splitlines()
-    return scrub(text[0]) if text else type(err).__name__
+    return f"certificate verify failed: {match.group(1)}" if match else scrub(first_line(err))
