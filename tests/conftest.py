@@ -20,6 +20,7 @@ import yaml
 
 from exporter.cli import main
 from exporter.config import parse_duration
+from tests.helpers_prometheus import stop_process
 
 pytest_plugins = ["tests.testbed.fixtures"]
 
@@ -193,13 +194,7 @@ class ExporterProcess:
         raise AssertionError(f"{name}{labels} = {value}, wanted {expected}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self._log.close()
 
 
