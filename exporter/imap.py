@@ -15,7 +15,7 @@ import socket
 import ssl
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Self
 
 import imapclient
@@ -60,6 +60,8 @@ _HEADER_CHUNK = 500  # UIDs per FETCH: bounded command lines and answers
 # message (a server refuses a FETCH of 100,000 numbers: "BAD Too long argument").
 OLDEST_CANDIDATES = 1000
 OVERSIZED_SIZES_READ = 5000
+# NOOP-and-ask-again rounds when a FETCH meets messages expunged meanwhile (a busy desk).
+_EXPUNGE_RETRIES = 2
 
 
 def _response_code(message: str, default: str) -> str:
@@ -292,54 +294,124 @@ class ImapSession:
 
         Sequence 1 is usually but not always the oldest (a message moved in keeps its date and
         gets a higher UID). So: take message 1's date D, ask the server for every message
-        dated on or before D (`SEARCH BEFORE D+1`), and read just those dates. Cost: three
+        dated on or before D (`UID SEARCH BEFORE D+1`), and read just those dates. Cost: three
         round trips, independent of the folder size.
+
+        Another session (the service desk) may expunge messages meanwhile. Message 1 may then
+        be gone: without its date, every message up to tomorrow is a candidate (bounded as
+        below). Candidates that vanish before their FETCH are no longer in the folder and
+        are left out; a folder emptied meanwhile has no oldest message (None).
         """
         if messages == 0:
             return None
-        client = self._client
-        client.use_uid = False
-        try:
-            first = self._call("FETCH 1 INTERNALDATE", client.fetch, [1], [b"INTERNALDATE"])
-            with _unparsable("FETCH 1 INTERNALDATE"):
+        step = "FETCH 1 INTERNALDATE"
+        first = self._fetch(step, [1], [b"UID", b"INTERNALDATE"], b"INTERNALDATE", uid=False)
+        first_date: datetime | None = None
+        first_uid: int | None = None
+        with _unparsable(step):
+            if 1 in first:
                 first_date = _internaldate(first[1])
-                day_after = first_date.date() + timedelta(days=1)
-            if messages == 1:
-                return first_date
-            candidates = self._call("SEARCH BEFORE", client.search, ["BEFORE", day_after])
-            dates = [first_date]
-            with _unparsable("SEARCH BEFORE"):
-                others = sorted(int(seq) for seq in candidates if seq != 1)
-            if len(others) > OLDEST_CANDIDATES:
-                # A mail loop can put 100,000 messages on the oldest day. The oldest of them is
-                # among the first by sequence (arrival order) or the last (moved in later).
-                half = OLDEST_CANDIDATES // 2
-                others = others[:half] + others[-half:]
-            for start in range(0, len(others), _HEADER_CHUNK):
-                chunk = others[start : start + _HEADER_CHUNK]
-                fetched = self._call("FETCH INTERNALDATE", client.fetch, chunk, [b"INTERNALDATE"])
-                with _unparsable("FETCH INTERNALDATE"):
-                    dates.extend(_internaldate(item) for item in fetched.values())
-        finally:
-            client.use_uid = True
-        return min(dates)
+                first_uid = _optional_int(first[1].get(b"UID"))
+        if first_date is not None and messages == 1:
+            return first_date
+        if first_date is not None:
+            day_after = first_date.date() + timedelta(days=1)
+        else:  # message 1 was expunged meanwhile: every message dated up to tomorrow
+            day_after = datetime.now(UTC).date() + timedelta(days=2)
+        candidates = self._call("UID SEARCH BEFORE", self._client.search, ["BEFORE", day_after])
+        dates = [] if first_date is None else [first_date]
+        with _unparsable("UID SEARCH BEFORE"):
+            others = sorted(int(uid) for uid in candidates if uid != first_uid)
+        if len(others) > OLDEST_CANDIDATES:
+            # A mail loop can put 100,000 messages on the oldest day. The oldest of them is
+            # among the first by UID (arrival order) or the last (moved in later).
+            half = OLDEST_CANDIDATES // 2
+            others = others[:half] + others[-half:]
+        for start in range(0, len(others), _HEADER_CHUNK):
+            chunk = others[start : start + _HEADER_CHUNK]
+            step = "UID FETCH INTERNALDATE"
+            fetched = self._fetch(step, chunk, [b"INTERNALDATE"], b"INTERNALDATE", uid=True)
+            with _unparsable(step):
+                dates.extend(_internaldate(item) for item in fetched.values())
+        return min(dates) if dates else None
 
     def oversized(self, threshold: int) -> Oversized:
-        """Messages larger than `threshold` in the selected folder: SEARCH LARGER + their sizes."""
-        uids = self._call("SEARCH LARGER", self._client.search, ["LARGER", threshold])
+        """Messages larger than `threshold` in the selected folder: SEARCH LARGER + their sizes.
+
+        A message found by the SEARCH and expunged by another session before its FETCH is not
+        counted (when the sizes of all were read)."""
+        uids = self._call("UID SEARCH LARGER", self._client.search, ["LARGER", threshold])
         if not uids:
             return Oversized(0, 0)
         largest = 0
-        ordered = sorted(uids)
+        vanished = 0
+        ordered = sorted(int(uid) for uid in uids)
         if len(ordered) > OVERSIZED_SIZES_READ:  # the count stays exact; the largest is read
             half = OVERSIZED_SIZES_READ // 2  # among the oldest and the newest messages
             ordered = ordered[:half] + ordered[-half:]
         for start in range(0, len(ordered), _HEADER_CHUNK):
             chunk = ordered[start : start + _HEADER_CHUNK]
-            sizes = self._call("FETCH RFC822.SIZE", self._client.fetch, chunk, [b"RFC822.SIZE"])
-            with _unparsable("FETCH RFC822.SIZE"):
+            step = "UID FETCH RFC822.SIZE"
+            sizes = self._fetch(step, chunk, [b"RFC822.SIZE"], b"RFC822.SIZE", uid=True)
+            vanished += len(chunk) - len(sizes)
+            with _unparsable(step):
                 largest = max([largest, *(_count(i[b"RFC822.SIZE"]) for i in sizes.values())])
-        return Oversized(len(uids), largest)
+        return Oversized(len(uids) - vanished, largest)
+
+    def _fetch(
+        self,
+        step: str,
+        ids: Sequence[int],
+        items: Sequence[bytes],
+        carries: bytes,
+        *,
+        uid: bool,
+    ) -> dict[int, dict[bytes, object]]:
+        """FETCH `items` of `ids` (UIDs, or sequence numbers when not `uid`): only the answers
+        for the ids asked for that carry an item named `carries...`, whatever else the server
+        sent.
+
+        A busy mailbox makes the server send unsolicited FETCH responses (flag changes by other
+        sessions) in the middle of the answer: imapclient 3.x returns them as answers for
+        messages nobody asked for, 4.x drops those for other messages but merges one for a
+        message asked for into its answer. A message expunged by another session since the
+        last sync is either absent from the answer (Exchange) or answered with placeholders
+        (`INTERNALDATE` 1970-01-01, `RFC822.SIZE 0`) and `OK [EXPUNGEISSUED]` (Dovecot): then
+        NOOP (which delivers the EXPUNGEs) and ask again, by UID only (sequence numbers shift);
+        if the server still says EXPUNGEISSUED, the placeholder dates are left out.
+        """
+        wanted = set(ids)
+        client = self._client
+        client.use_uid = uid
+        try:
+            for attempt in range(_EXPUNGE_RETRIES + 1):
+                self._expunge_issued()  # forget a code left over from an earlier command
+                answer = self._call(step, client.fetch, sorted(wanted), list(items))
+                issued = self._expunge_issued()
+                with _unparsable(step):
+                    found = {
+                        int(key): data
+                        for key, data in answer.items()
+                        if key in wanted
+                        and isinstance(data, dict)
+                        and any(name.startswith(carries) for name in data)
+                    }
+                if not issued:
+                    return found
+                if not uid or attempt == _EXPUNGE_RETRIES:
+                    return {key: data for key, data in found.items() if not _placeholder(data)}
+                self._call("NOOP", client.noop)
+        finally:
+            client.use_uid = True
+        raise AssertionError("unreachable")
+
+    def _expunge_issued(self) -> bool:
+        """Whether the last command's answer carried `[EXPUNGEISSUED]` (RFC 5530); forgets it.
+
+        imaplib files a tagged answer's response code among the untagged responses, where it
+        stays until read, so it is read (and dropped) before and after each FETCH."""
+        _code, data = self._client._imap.response("EXPUNGEISSUED")
+        return bool(data != [None])
 
     def capabilities(self) -> frozenset[str]:
         """The server's capabilities (after login: the authenticated set), upper-case."""
@@ -374,17 +446,18 @@ class ImapSession:
         ordered = sorted(uids)
         for start in range(0, len(ordered), _HEADER_CHUNK):
             chunk = ordered[start : start + _HEADER_CHUNK]
-            answer = self._call("FETCH BODY.PEEK[HEADER.FIELDS]", self._client.fetch, chunk, items)
-            found.extend(
-                MessageHeaders(
-                    uid=int(uid),
-                    internaldate=data[b"INTERNALDATE"],
-                    size=int(data[b"RFC822.SIZE"]),
-                    header=_header_bytes(data),
+            step = "UID FETCH BODY.PEEK[HEADER.FIELDS]"
+            answer = self._fetch(step, chunk, items, b"INTERNALDATE", uid=True)
+            with _unparsable(step):
+                found.extend(
+                    MessageHeaders(
+                        uid=uid,
+                        internaldate=_internaldate(data),
+                        size=_count(data[b"RFC822.SIZE"]),
+                        header=_header_bytes(data),
+                    )
+                    for uid, data in answer.items()
                 )
-                for uid, data in answer.items()
-                if b"INTERNALDATE" in data  # skip unsolicited FETCH responses (flag updates)
-            )
         return sorted(found, key=lambda message: message.uid)
 
     def last_headers(self, messages: int, count: int, fields: Sequence[str]) -> list[bytes]:
@@ -393,14 +466,10 @@ class ImapSession:
         if messages == 0 or count <= 0:
             return []
         item = f"BODY.PEEK[HEADER.FIELDS ({' '.join(fields).upper()})]".encode("ascii")
-        client = self._client
-        client.use_uid = False
-        try:
-            sequence = list(range(max(1, messages - count + 1), messages + 1))
-            answer = self._call("FETCH BODY.PEEK[HEADER.FIELDS]", client.fetch, sequence, [item])
-        finally:
-            client.use_uid = True
-        return [_header_bytes(data) for data in answer.values()]
+        sequence = list(range(max(1, messages - count + 1), messages + 1))
+        step = "FETCH BODY.PEEK[HEADER.FIELDS]"
+        answer = self._fetch(step, sequence, [item], b"BODY[HEADER", uid=False)
+        return [_header_bytes(answer[seq]) for seq in sorted(answer)]
 
     def find_folder(self, special_use: bytes, configured: str) -> str | None:
         """A folder by SPECIAL-USE flag first, then the configured name, then usual names."""
@@ -459,6 +528,15 @@ def _internaldate(item: object) -> datetime:
     if not isinstance(value, datetime) or value.tzinfo is None:
         raise ValueError(f"not an INTERNALDATE: {value!r:.60}")
     return value
+
+
+def _placeholder(data: dict[bytes, object]) -> bool:
+    """Dovecot's answer for a message expunged meanwhile (`OK [EXPUNGEISSUED]`): INTERNALDATE
+    at the Unix epoch, RFC822.SIZE 0."""
+    date = data.get(b"INTERNALDATE")
+    if isinstance(date, datetime) and date.tzinfo is not None and date.timestamp() == 0:
+        return True
+    return data.get(b"RFC822.SIZE") in (0, b"0")
 
 
 def _header_bytes(data: dict[bytes, object]) -> bytes:
