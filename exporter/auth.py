@@ -7,6 +7,7 @@ Knows nothing of metrics. `MailboxAuth.refresh()` either returns a fresh `Token`
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import fcntl
 import hashlib
 import ipaddress
@@ -15,36 +16,42 @@ import logging
 import os
 import socket
 import ssl
-import tempfile
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import msal
+import msal.exceptions  # msal loads its submodule only from 1.32.1 on
 import requests
 import requests.adapters
+import requests.utils
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from msal_extensions import FilePersistence, PersistedTokenCache
 from msal_extensions.persistence import PersistenceNotFound
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from exporter.config import MailboxConfig, read_secret
 from exporter.errors import SecretError, StateError
 from exporter.failures import (
     CheckFailed,
     Failure,
+    aadsts_code,
     classify_token_error,
     fail,
     first_line,
     scrub,
 )
+from exporter.statefile import atomic_write
 from exporter.tlsinfo import first_certificate_pem
 
 log = logging.getLogger(__name__)
@@ -98,47 +105,246 @@ class Token:
 
 
 class HttpSession(requests.Session):
-    """A requests session for MSAL with a fixed trust store and timeout.
+    """A requests session for MSAL with a fixed trust store, a timeout, a proxy decision made
+    here, and connections that another thread can break.
 
     requests lets REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE override `Session.verify` unless `verify`
-    is passed per request, so it is passed per request here. The last response's status and
-    Retry-After are kept for classification (MSAL hides them).
+    is passed per request, so it is passed per request here. The last response's status,
+    Retry-After and Entra ID error fields are kept for classification (MSAL hides them).
+
+    Deadlines: a peer that sends one byte every few tenths of a second never trips a per-read
+    timeout, so the watchdog ends such a step from outside: `abort()` (and `close()`, which the
+    runner's abort calls) shuts down the socket of every connection of this session, TLS
+    handshakes and proxy tunnels included, and refuses new requests until `resume()` (the
+    start of the next refresh), which then opens fresh connections.
     """
 
-    def __init__(self, verify: str | bool, timeout: float) -> None:
+    def __init__(self, verify: str | bool, timeout: float, proxy_url: str | None = None) -> None:
         super().__init__()
-        self.mount("https://", _SharedContextAdapter())
+        self.mount("https://", _SessionAdapter())
         self.verify = verify
         self.default_timeout = timeout
+        self.proxy_url = proxy_url
         self.last_status: int | None = None
         self.last_retry_after: float | None = None
+        self.last_error: dict[str, Any] | None = None  # an error answer with an AADSTS code
         self.hooks["response"].append(self._remember)
+        self._in_flight = _InFlight()
 
     def request(
         self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
     ) -> requests.Response:
         kwargs.setdefault("verify", self.verify)
         kwargs.setdefault("timeout", self.default_timeout)
+        text_url = url.decode() if isinstance(url, bytes) else url
+        proxies = self.proxies_for(text_url)
+        kwargs.setdefault("proxies", proxies)
         # requests' timeout does not cover the DNS lookup (glibc waits 5 s per attempt, and
-        # cannot be interrupted): look the host up under the deadline first.
-        parts = urlsplit(url.decode() if isinstance(url, bytes) else url)
+        # cannot be interrupted): look the host up under the deadline first. Through a proxy
+        # that host is the proxy's: the authority's name is the proxy's to resolve (a client
+        # behind one often cannot).
+        proxy = requests.utils.select_proxy(text_url, proxies)
+        if proxy:
+            parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+            default_port = 443 if parts.scheme == "https" else 80
+        else:
+            parts = urlsplit(text_url)
+            default_port = 443
         host = parts.hostname or ""
+        self._in_flight.check()
         try:
-            resolve(host, parts.port or 443, self.default_timeout)
+            resolve(host, parts.port or default_port, self.default_timeout)
         except TimeoutError as err:
             raise requests.exceptions.ConnectTimeout(str(err)) from err
         except OSError as err:
-            raise requests.exceptions.ConnectionError(f"cannot resolve {host}: {err}") from err
-        return super().request(method, url, *args, **kwargs)
+            what = "the proxy " if proxy else ""
+            raise requests.exceptions.ConnectionError(
+                f"cannot resolve {what}{host}: {err}"
+            ) from err
+        self._in_flight.check()
+        token = _current_in_flight.set(self._in_flight)
+        try:
+            return super().request(method, url, *args, **kwargs)
+        finally:
+            _current_in_flight.reset(token)
+
+    def proxies_for(self, url: str) -> dict[str, str]:
+        """The proxies for `url`: the mailbox's `proxy_url`, else requests' own reading of
+        HTTPS_PROXY / HTTP_PROXY / ALL_PROXY / NO_PROXY (either case), so that NO_PROXY means
+        exactly what it means to requests."""
+        if self.proxy_url:
+            return {"http": self.proxy_url, "https": self.proxy_url}
+        return dict(requests.utils.get_environ_proxies(url))
+
+    def redact(self, text: str) -> str:
+        """`text` without the proxy password (requests and urllib3 may quote a proxy URL)."""
+        password = urlsplit(self.proxy_url).password if self.proxy_url else None
+        if password:
+            for form in {password, unquote(password)}:
+                text = text.replace(form, "***")
+        return text
 
     def _remember(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
         self.last_status = response.status_code
         retry_after = response.headers.get("Retry-After", "")
         self.last_retry_after = float(retry_after) if retry_after.isdigit() else None
+        self.last_error = _entra_error(response) if response.status_code >= 400 else None
 
     def forget(self) -> None:
         self.last_status = None
         self.last_retry_after = None
+        self.last_error = None
+
+    def abort(self) -> None:
+        """Break every connection of this session now, and refuse new requests until
+        `resume()`. Safe to call from any thread (the watchdog's)."""
+        self._in_flight.abort()
+
+    def resume(self) -> None:
+        """Accept requests again after an `abort()`; they get fresh connections."""
+        self._in_flight.resume()
+
+    def close(self) -> None:
+        """`abort()`, then requests' close (idle pooled connections are dropped)."""
+        self.abort()
+        super().close()
+
+
+# Entra ID's error answers are small JSON objects; a larger body is not one of them.
+_MAX_ERROR_BODY = 64 * 1024
+
+
+def _entra_error(response: requests.Response) -> dict[str, Any] | None:
+    """The OAuth error fields of an Entra ID error answer that carries an AADSTS code.
+
+    MSAL turns a refused OIDC discovery (an unknown tenant: HTTP 400, AADSTS90002) into a bare
+    ValueError; the code in the body says what to fix."""
+    if "json" not in response.headers.get("Content-Type", ""):
+        return None
+    if len(response.content) > _MAX_ERROR_BODY:
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    fields = {k: body[k] for k in ("error", "error_description", "error_codes") if k in body}
+    return fields if aadsts_code(fields) is not None else None
+
+
+class _InFlight:
+    """The sockets of one session's connections, for `abort()` from another thread.
+
+    Each is a `dup()` of the connection's socket, taken when the TCP connection is made:
+    wrapping a socket in TLS detaches its file descriptor from the original object (so that
+    object can no longer be shut down), while `shutdown()` on a duplicate acts on the shared
+    socket at any stage (proxy tunnel, TLS handshake, request, answer). A duplicate is closed
+    with its connection (or when the connection is collected), and shut down and closed only
+    under the lock, so a descriptor number reused elsewhere is never touched.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        self._aborted = False
+
+    def add(self, sock: socket.socket, owner: object) -> Callable[[], Any]:
+        """Track `sock` for as long as `owner` (its connection) lives; returns the call that
+        stops tracking it."""
+        duplicate = sock.dup()
+        with self._lock:
+            self._sockets.add(duplicate)
+            if self._aborted:  # the abort came while this connection was being made
+                _shut(duplicate)
+        return weakref.finalize(owner, self._discard, duplicate)
+
+    def _discard(self, duplicate: socket.socket) -> None:
+        with self._lock:
+            self._sockets.discard(duplicate)
+            duplicate.close()
+
+    def abort(self) -> None:
+        with self._lock:
+            self._aborted = True
+            for duplicate in self._sockets:
+                _shut(duplicate)
+
+    def resume(self) -> None:
+        with self._lock:
+            self._aborted = False
+
+    def check(self) -> None:
+        with self._lock:
+            aborted = self._aborted
+        if aborted:
+            raise requests.exceptions.ConnectionError("aborted at the run's deadline")
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+# The session whose request is running in this thread: its connections register there.
+_current_in_flight: contextvars.ContextVar[_InFlight | None] = contextvars.ContextVar(
+    "o365_http_in_flight", default=None
+)
+
+
+class _Tracked:
+    """Registers a urllib3 connection's socket with the session that opened it.
+
+    `_new_conn()` (urllib3 1.26 and 2.x) makes the TCP connection, to the server or to the
+    proxy; everything after it (CONNECT, TLS, the request) runs on that socket."""
+
+    _untrack: Callable[[], Any] | None = None
+
+    def _new_conn(self) -> socket.socket:
+        sock: socket.socket = super()._new_conn()  # type: ignore[misc]
+        _register(self, sock)
+        return sock
+
+    def close(self) -> None:
+        try:
+            super().close()  # type: ignore[misc]
+        finally:
+            _unregister(self)
+
+
+class _TrackedHTTPConnection(_Tracked, HTTPConnection):
+    """urllib3's HTTP connection (to a proxy), its socket tracked."""
+
+
+class _TrackedHTTPSConnection(_Tracked, HTTPSConnection):
+    """urllib3's HTTPS connection, its socket tracked."""
+
+
+def _register(conn: _Tracked, sock: socket.socket) -> None:
+    _unregister(conn)
+    in_flight = _current_in_flight.get()
+    if in_flight is not None:
+        conn._untrack = in_flight.add(sock, conn)
+
+
+def _unregister(conn: _Tracked) -> None:
+    untrack, conn._untrack = conn._untrack, None
+    if untrack is not None:
+        untrack()
+
+
+class _TrackedHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = _TrackedHTTPConnection
+
+
+class _TrackedHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = _TrackedHTTPSConnection
+
+
+_TRACKED_POOLS: dict[str, type[HTTPConnectionPool]] = {
+    "http": _TrackedHTTPConnectionPool,
+    "https": _TrackedHTTPSConnectionPool,
+}
 
 
 # Lookups still waiting for a dead resolver, at most: each holds a thread until glibc gives up.
@@ -199,7 +405,7 @@ def combined_ca_bundle(ca_file: Path, state_dir: Path) -> str:
     digest = hashlib.sha256(system_pem + extra).hexdigest()[:16]
     bundle = state_dir / f"ca-bundle-{digest}.pem"
     if not bundle.exists():
-        _atomic_write(bundle, system_pem + b"\n" + extra, 0o644)
+        atomic_write(bundle, system_pem + b"\n" + extra, 0o644)
     return str(bundle)
 
 
@@ -218,6 +424,10 @@ def _shared_context(kind: str, path: str | None) -> ssl.SSLContext:
         if context is None:
             if kind == "bundle":  # requests' verify=PATH: that bundle alone
                 context = ssl.create_default_context(cafile=path)
+                # urllib3 (1.26 and 2.x) matches the host name itself when the context does
+                # not (CERT_REQUIRED stays); urllib3 1.26 sends no server_hostname for an IP
+                # address, which a checking context refuses.
+                context.check_hostname = False
             else:  # IMAP/SMTP: the system store plus the extra CA
                 context = ssl.create_default_context()
                 if path:
@@ -254,18 +464,21 @@ class _SharedContextAdapter(requests.adapters.HTTPAdapter):
             conn.ca_certs = None  # the shared context already holds the bundle
 
 
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+class _SessionAdapter(_SharedContextAdapter):
+    """Pools (direct and through a proxy) whose connections register their sockets with the
+    session (see `HttpSession.abort`). `pool_classes_by_scheme` is the PoolManager's (and
+    ProxyManager's) table of pool classes in urllib3 1.26 and 2.x; SOCKS proxies keep their
+    own pools."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _TRACKED_POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):
+            manager.pool_classes_by_scheme = _TRACKED_POOLS
+        return manager
 
 
 class AtomicFilePersistence(FilePersistence):  # type: ignore[misc]
@@ -275,7 +488,7 @@ class AtomicFilePersistence(FilePersistence):  # type: ignore[misc]
     """
 
     def save(self, content: str) -> None:
-        _atomic_write(Path(self.get_location()), content.encode("utf-8"), 0o600)
+        atomic_write(Path(self.get_location()), content.encode("utf-8"), 0o600)
 
     def load(self) -> str:
         """The cache text; a corrupt file (not a JSON object, not even UTF-8) is set aside and
@@ -384,7 +597,7 @@ class MailboxAuth:
         if mailbox.ca_file is not None:
             ensure_state_dir(state_dir)
             verify = combined_ca_bundle(mailbox.ca_file, state_dir)
-        self.session = HttpSession(verify, mailbox.timeout)
+        self.session = HttpSession(verify, mailbox.timeout, mailbox.proxy_url)
         self.cache = token_cache(state_dir, mailbox.name)
         # MSAL replays an error answer from memory instead of asking again: a 400 for 60 s, a
         # 429/5xx for Retry-After or 60 s. The exporter has its own retry policy (the credential
@@ -441,6 +654,11 @@ class MailboxAuth:
         self._app_secret_digest = digest
         return app
 
+    def abort(self) -> None:
+        """Break the authority connections of the running step (from the watchdog's thread);
+        the next `refresh()` starts afresh."""
+        self.session.abort()
+
     # -- the token check ---------------------------------------------------------------------
     def refresh(self, timeout: float | None = None) -> Token:
         """Obtain a new access token from the network, never from the cache.
@@ -448,6 +666,7 @@ class MailboxAuth:
         `timeout` bounds each HTTP request (default: the mailbox's timeout)."""
         with self._lock:
             self.session.default_timeout = timeout or self.mailbox.timeout
+            self.session.resume()
             secret = self._secret()
             self.session.forget()
             self._http_cache.clear()
@@ -502,6 +721,7 @@ class MailboxAuth:
     # -- `login`: device code ----------------------------------------------------------------
     def device_code_login(self, show: Callable[[str], None]) -> Token:
         """Interactive device-code sign-in; seeds the token cache with a refresh token."""
+        self.session.resume()
         app = self._application("")
         flow = app.initiate_device_flow(scopes=list(self.mailbox.scopes))
         if "user_code" not in flow:
@@ -519,19 +739,38 @@ def _may_fall_back_to_password(result: dict[str, Any] | None) -> bool:
 
 
 def _network_failure(err: BaseException, session: HttpSession) -> CheckFailed:
-    """Classify an exception raised while talking to the authority."""
+    """Classify an exception raised while talking to the authority.
+
+    `code` carries only an AADSTS code, never an HTTP status (the status is in the message).
+    """
     status = session.last_status
+    detail = session.redact(scrub(first_line(err)))
     if isinstance(err, requests.exceptions.SSLError):
-        return fail("tls", f"TLS to the authority failed: {err}")
+        return fail("tls", f"TLS to the authority failed: {detail}")
     if isinstance(err, requests.exceptions.Timeout):
         return fail("timeout", "the authority did not answer in time")
+    if isinstance(err, requests.exceptions.ProxyError):
+        return fail("connection", f"cannot reach the authority through the proxy: {detail}")
     if isinstance(err, requests.exceptions.ConnectionError):
-        return fail("connection", f"cannot reach the authority: {scrub(first_line(err))}")
+        return fail("connection", f"cannot reach the authority: {detail}")
+    if session.last_error is not None:
+        # MSAL hides the body of a refused OIDC discovery (ValueError): classify by its AADSTS
+        # code, e.g. an unknown tenant_id (HTTP 400, AADSTS90002).
+        return CheckFailed(
+            classify_token_error(session.last_error, status, session.last_retry_after)
+        )
     if status == 429:
-        return fail("throttled", "the authority is throttling requests", code="429")
+        return CheckFailed(
+            Failure(
+                "throttled",
+                "",
+                "the authority is throttling requests (HTTP 429)",
+                retry_after=session.last_retry_after,
+            )
+        )
     if status is not None and status >= 500:
-        return fail("unknown", f"the authority answered HTTP {status}", code=str(status))
-    return fail("protocol", f"unexpected answer from the authority: {scrub(first_line(err))}")
+        return fail("unknown", f"the authority answered HTTP {status}")
+    return fail("protocol", f"unexpected answer from the authority: {detail}")
 
 
 __all__ = [

@@ -24,6 +24,7 @@ but only `read_secret()` hands out a secret, and no message ever contains one.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import difflib
 import os
@@ -115,6 +116,9 @@ class MailboxConfig:
     interval: float  # seconds
     timeout: float  # seconds
     oversized_bytes: int
+    # HTTPS to the authority goes through this proxy (else HTTPS_PROXY / NO_PROXY apply). Out
+    # of the repr: it may hold the proxy's password.
+    proxy_url: str | None = dataclasses.field(default=None, repr=False)
 
     @property
     def authority(self) -> str:
@@ -330,6 +334,7 @@ _MAILBOX_KEYS = (
     "imap",
     "smtp",
     "ca_file",
+    "proxy_url",
     "folders",
     "checks",
     "interval",
@@ -614,6 +619,12 @@ class _Loader:
         smtp = self._endpoint(pick_group("smtp"), DEFAULT_SMTP)
         ca_file_field = pick("ca_file")
         ca_file = self._ca_file(ca_file_field) if ca_file_field is not None else None
+        proxy_url_field = pick("proxy_url")
+        proxy_url = (
+            self._checked_string(proxy_url_field, _proxy_url_problem)
+            if proxy_url_field is not None
+            else None
+        )
         folders = self._folders(pick_group("folders"))
         checks = self._checks(pick("checks"))
         interval_field, timeout_field = pick("interval"), pick("timeout")
@@ -638,6 +649,7 @@ class _Loader:
             interval=interval[0] if interval is not None else 0.0,
             timeout=timeout[0] if timeout is not None else 0.0,
             oversized_bytes=oversized_bytes,
+            proxy_url=proxy_url,
         )
 
     def _auth(
@@ -1078,6 +1090,26 @@ def _authority_host_problem(url: str) -> str | None:
         return f"{expected}; the tenant goes in tenant_id"
     if parts.query or parts.fragment or url.endswith(("?", "#")):
         return expected
+    return None
+
+
+def _proxy_url_problem(url: str) -> str | None:
+    """http(s)://[user:password@]host:port and nothing else. Never quotes the value: it may
+    hold a password."""
+    expected = "must be http://host:port or https://host:port (optionally user:password@host)"
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError for a malformed or too large port
+    except ValueError:
+        return expected
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return expected
+    if _HOST_RE.fullmatch(parts.hostname) is None:
+        return expected
+    if port is None or port == 0:
+        return f"{expected}: the port is missing"
+    if parts.path not in ("", "/") or parts.query or parts.fragment or url.endswith(("?", "#")):
+        return f"{expected}: no path"
     return None
 
 

@@ -49,6 +49,7 @@ AUTHORITY_EXPECTED = (
     "must be https://host or https://host:port without a path, "
     "like https://login.microsoftonline.com"
 )
+PROXY_EXPECTED = "must be http://host:port or https://host:port (optionally user:password@host)"
 APP_ONLY_SCOPE_PROBLEM = "is app-only and takes only a /.default scope like " + APP_ONLY_SCOPES[0]
 
 INVALID: list[tuple[str, list[str]]] = [
@@ -208,6 +209,14 @@ INVALID: list[tuple[str, list[str]]] = [
             "the tenant goes in tenant_id",
             f"config.yml:11: mailboxes[1].authority_host: {AUTHORITY_EXPECTED}",
             f"config.yml:14: mailboxes[2].authority_host: {AUTHORITY_EXPECTED}",
+        ],
+    ),
+    (  # the value is never quoted: it may hold the proxy's password
+        "invalid-proxy-url.yml",
+        [
+            f"config.yml:8: mailboxes[0].proxy_url: {PROXY_EXPECTED}",
+            f"config.yml:11: mailboxes[1].proxy_url: {PROXY_EXPECTED}: the port is missing",
+            f"config.yml:14: mailboxes[2].proxy_url: {PROXY_EXPECTED}",
         ],
     ),
     (

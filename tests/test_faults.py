@@ -55,7 +55,7 @@ class Fault:
 
 
 FAULTS = [
-    Fault("entra-500", "entra", "500", "token", "unknown", "500"),
+    Fault("entra-500", "entra", "500", "token", "unknown"),  # code: never an HTTP status
     Fault("entra-429-retry-after", "entra", "429", "token", "throttled", "90055",
           recovers_on_first_run=False),  # by design: waits for Retry-After / the backoff
     Fault("entra-slow", "authority", "slow", "token", "timeout", options={"delay": 3.0}),

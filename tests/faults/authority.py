@@ -12,6 +12,7 @@ gives that mailbox alone:
 | `silent` | TCP and TLS are accepted, the request is read, no answer ever comes |
 | `slow` | every answer comes `delay` seconds late |
 | `malformed` | token requests get HTTP 200 with `body` (truncated JSON by default) |
+| `trickle` | the request is read, then the answer comes one byte every `drip` seconds |
 | `wrong_cert` | the TLS certificate is valid but issued for `wrong.example.net` |
 
 Switching closes every open connection (MSAL's keep-alive connection would otherwise keep the
@@ -33,7 +34,7 @@ from urllib.parse import urlsplit
 
 import trustme
 
-KINDS = ("pass", "refuse", "silent", "slow", "malformed", "wrong_cert")
+KINDS = ("pass", "refuse", "silent", "slow", "malformed", "wrong_cert", "trickle")
 # What a proxy or load balancer that cut the body short might deliver.
 TRUNCATED_JSON = b'{"token_type": "Bearer", "scope": "https://outlook.office365.com/IMAP.Acc'
 
@@ -43,6 +44,7 @@ class AuthorityFault:
     kind: str = "pass"
     delay: float = 3.0
     body: bytes = TRUNCATED_JSON
+    drip: float = 0.3  # `trickle`: seconds between two bytes
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -102,11 +104,30 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         if fault.kind == "slow":
             time.sleep(fault.delay)
+        if fault.kind == "trickle":
+            self._trickle(method, body, fault.drip)
+            return
         if fault.kind == "malformed" and method == "POST" and self.path.endswith("/token"):
             self._answer(200, fault.body, {"Content-Type": "application/json; charset=utf-8"})
             return
         status, data, headers = proxy._upstream(method, self.path, body, dict(self.headers))
         self._answer(status, data, headers)
+
+    def _trickle(self, method: str, body: bytes, drip: float) -> None:
+        """The real answer, one byte every `drip` seconds from the status line on: every
+        read gets a byte before its timeout, so per-read timeouts never fire."""
+        proxy = self.server.proxy
+        released = proxy._released
+        status, data, headers = proxy._upstream(method, self.path, body, dict(self.headers))
+        head = [f"HTTP/1.1 {status} {http.client.responses.get(status, 'Unknown')}"]
+        head += [f"{name}: {value}" for name, value in headers.items()]
+        head.append(f"Content-Length: {len(data)}")
+        raw = ("\r\n".join(head) + "\r\n\r\n").encode() + data
+        self.close_connection = True
+        for index in range(len(raw)):
+            if released.wait(drip):
+                return
+            self.connection.sendall(raw[index : index + 1])
 
     def _answer(self, status: int, data: bytes, headers: dict[str, str]) -> None:
         self.send_response(status)

@@ -19,6 +19,8 @@ import errno
 import hashlib
 import http.server
 import json
+import os
+import re
 import secrets
 import socket
 import ssl
@@ -47,6 +49,7 @@ __all__ = [
     "AADSTS_ERRORS",
     "CLIENT_ASSERTION_TYPE",
     "EXCHANGE_RESOURCE",
+    "EXTRA_NAMES",
     "GRANT_CLIENT_CREDENTIALS",
     "GRANT_DEVICE_CODE",
     "GRANT_PASSWORD",
@@ -61,6 +64,16 @@ __all__ = [
     "make_app_certificate",
     "start_fake_entra",
 ]
+
+#: Names the certificate holds besides the address, by default: a name only a proxy can
+#: resolve (``login.fabrikam.test``, see ``tests/faults/connect_proxy.py``).
+#: ``TESTBED_ENTRA_NAMES`` (comma-separated) replaces them.
+EXTRA_NAMES = ("login.fabrikam.test",)
+# The Host header of an authority request: a DNS name or address, optionally with a port.
+_HOST_HEADER_RE = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])"
+    r"(?::[0-9]{1,5})?"
+)
 
 GRANT_PASSWORD = "password"
 GRANT_REFRESH_TOKEN = "refresh_token"
@@ -479,12 +492,22 @@ class FakeEntra:
 
     Serves on a random port of ``host`` (``url``) and on port 443 of the same host, because
     msal drops the port for user-realm discovery. Use ``url + "/<tenant>"`` as the authority
-    (with ``instance_discovery=False``) and :attr:`ca_file` to trust it.
+    (with ``instance_discovery=False``) and :attr:`ca_file` to trust it. The certificate also
+    names ``names`` (default :data:`EXTRA_NAMES`); like Entra ID, the URLs in discovery
+    answers and the issuer are built from the request's ``Host`` header, so a client that came
+    by a name (through a proxy) stays on that name.
     """
 
-    def __init__(self, ca: trustme.CA, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, ca: trustme.CA, host: str = "127.0.0.1", names: Iterable[str] | None = None
+    ) -> None:
         self.ca = ca
         self.host = host
+        if names is None:
+            configured = os.environ.get("TESTBED_ENTRA_NAMES")
+            names = configured.split(",") if configured is not None else EXTRA_NAMES
+        self.names = tuple(name for name in names if name and name != host)
+        self._request_base = threading.local()  # the base URL the running request came by
         # Switches a test may flip (restored by reset_switches()).
         self.access_token_lifetime: int = 3600
         self.device_code_lifetime: int = 900
@@ -518,7 +541,7 @@ class FakeEntra:
     def start(self) -> FakeEntra:
         if self._servers:
             return self
-        cert = self.ca.issue_cert(self.host)
+        cert = self.ca.issue_cert(self.host, *self.names)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         cert.configure_cert(context)
@@ -886,6 +909,10 @@ class FakeEntra:
     def _handle(
         self, method: str, raw_path: str, body: bytes, headers: Mapping[str, str]
     ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        host_header = headers.get("host", "")
+        self._request_base.url = (
+            f"https://{host_header}" if _HOST_HEADER_RE.fullmatch(host_header) else self.url
+        )
         url = urlsplit(raw_path)
         path = url.path
         parts = [unquote(p) for p in path.split("/") if p]
@@ -994,7 +1021,7 @@ class FakeEntra:
         if len(seg) > 1 and seg[1]:
             tenant = seg[1]
         return {
-            "tenant_discovery_endpoint": f"{self.url}/{tenant}/v2.0/.well-known/"
+            "tenant_discovery_endpoint": f"{self._base_url()}/{tenant}/v2.0/.well-known/"
             "openid-configuration",
             "api-version": "1.1",
             "metadata": [
@@ -1006,8 +1033,13 @@ class FakeEntra:
             ],
         }
 
+    def _base_url(self) -> str:
+        """``https://`` + the Host header of the request being answered (else :attr:`url`)."""
+        base: str = getattr(self._request_base, "url", "") or self.url
+        return base
+
     def _openid_configuration(self, segment: str) -> dict[str, Any]:
-        base = self.url
+        base = self._base_url()
         if segment.lower() in _SPECIAL_TENANTS:
             tid, issuer = segment.lower(), f"{base}/{{tenantid}}/v2.0"
         else:
@@ -1292,7 +1324,7 @@ class FakeEntra:
         now = int(time.time())
         id_claims = {
             "aud": app.client_id,
-            "iss": f"{self.url}/{tenant.id}/v2.0",
+            "iss": f"{self._base_url()}/{tenant.id}/v2.0",
             "iat": now,
             "nbf": now,
             "exp": now + 3600,
