@@ -1,18 +1,26 @@
-"""The HTTP side: a small WSGI app for /, /metrics, /-/healthy, /-/ready and POST /-/reload."""
+"""The HTTP side: a small WSGI app for /, /metrics, /probe, /-/healthy, /-/ready and
+POST /-/reload, and the server that runs it without letting slow clients starve it (HttpServer:
+one asyncio thread for every socket, bounded worker threads for the app)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
+import errno
 import html
+import io
+import logging
+import queue
 import socket
 import ssl
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
-from socketserver import ThreadingMixIn
+from email.utils import formatdate
 from typing import Any
-from urllib.parse import parse_qs
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from prometheus_client import CollectorRegistry
 
@@ -25,6 +33,13 @@ from exporter.service import Service
 from exporter.webconfig import BasicAuth, WebConfig
 
 StartResponse = Callable[..., Any]
+WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+log = logging.getLogger("exporter.web")
+
+# The monotonic time the server had the whole request; /probe counts its budget from here, so
+# time spent waiting for a worker thread is not time the run may still spend.
+REQUEST_STARTED_KEY = "exporter.request_started"
 
 
 class ExporterApp:
@@ -69,7 +84,7 @@ class ExporterApp:
     def _probe(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         """Multi-target mode (the blackbox pattern): run one mailbox's checks now, within the
         scrape's timeout, and answer with just its metrics."""
-        started = time.monotonic()
+        started = float(environ.get(REQUEST_STARTED_KEY) or time.monotonic())
         query = parse_qs(environ.get("QUERY_STRING", ""))
         # `target` too: the Prometheus Operator's Probe object sends its targets that way.
         name = (query.get("mailbox") or query.get("target") or [""])[0]
@@ -170,37 +185,381 @@ tr.pending td:nth-child(3){{color:#777}}
 """
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        """Requests are not logged: scrapes every few seconds would drown the check logs."""
+# --- the server ------------------------------------------------------------------------------
+#
+# One asyncio thread owns every socket: it accepts, does the TLS handshake, reads the request
+# head and body under one deadline counted from accept, and writes the answer. Only a complete
+# request reaches a thread: the app runs in a small pool, /probe (which may take the scrape's
+# whole timeout) in a pool of its own, so slow probes never queue ahead of /metrics. A stalled
+# client costs a few KiB and a descriptor, never a thread, and is cut when its time is up.
 
 
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    tls: ssl.SSLContext | None = None
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        sock, address = super().get_request()
-        if self.tls is None:
-            return sock, address
-        # The handshake happens in the request's own thread (finish_request), so a slow or
-        # hostile client never blocks the accept loop.
-        return self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        if isinstance(request, ssl.SSLSocket):
-            request.settimeout(10)
-            try:
-                request.do_handshake()
-            except (ssl.SSLError, OSError):
-                return  # no client certificate, wrong CA, plain HTTP to a TLS port ...
-            request.settimeout(None)
-        super().finish_request(request, client_address)
+@dataclasses.dataclass(frozen=True)
+class HttpLimits:
+    request_seconds: float = 30.0  # accept -> complete request (TLS handshake, head, body)
+    response_seconds: float = 30.0  # a client must have taken its answer within this
+    head_bytes: int = 64 * 1024  # request line + headers
+    body_bytes: int = 64 * 1024  # no endpoint reads a body; this only bounds what is buffered
+    app_threads: int = 4  # /metrics, /, /-/healthy, /-/ready, /-/reload
+    slow_threads: int = 16  # /probe; cli.serve sizes it to --checks.max-concurrency
+    slow_paths: frozenset[str] = frozenset({"/probe"})
+    max_connections: int = 1024  # beyond this, the oldest connection still sending is cut
+    backlog: int = 1024
 
 
-class _ThreadingWSGIServerV6(_ThreadingWSGIServer):
-    address_family = socket.AF_INET6
+class _WorkerPool:
+    """At most `size` threads, started when needed. Daemon threads (unlike ThreadPoolExecutor's)
+    so that a /probe still running at SIGTERM cannot hold up the exit."""
+
+    def __init__(self, size: int, name: str) -> None:
+        self._size = size
+        self._name = name
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)
+        self._lock = threading.Lock()
+        self._threads = 0
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._jobs.put(job)
+        if self._idle.acquire(timeout=0):
+            return
+        with self._lock:
+            if self._threads >= self._size:
+                return
+            self._threads += 1
+            name = f"{self._name}-{self._threads}"
+        threading.Thread(target=self._work, name=name, daemon=True).start()
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+            self._idle.release()
+
+    def shutdown(self) -> None:
+        with self._lock:
+            for _ in range(self._threads):
+                self._jobs.put(None)
+
+
+@dataclasses.dataclass
+class _Request:
+    method: str
+    target: str
+    version: str
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def _parse_head(head: bytes) -> _Request:
+    """Request line and header fields (RFC 9112), strictly: anything odd is a 400."""
+    try:
+        text = head.decode("latin-1")
+    except UnicodeDecodeError as err:  # pragma: no cover - latin-1 decodes every byte
+        raise _BadRequest("400 Bad Request") from err
+    line, *fields = text.split("\r\n")
+    parts = line.split(" ")
+    if len(parts) != 3 or not parts[0].isalpha() or not parts[1]:
+        raise _BadRequest("400 Bad Request")
+    method, target, version = parts
+    if version not in ("HTTP/1.0", "HTTP/1.1"):
+        raise _BadRequest("505 HTTP Version Not Supported")
+    headers: list[tuple[str, str]] = []
+    for field in fields:
+        name, colon, value = field.partition(":")
+        if not colon or not name or name != name.strip() or field[0] in " \t":
+            raise _BadRequest("400 Bad Request")  # no obs-fold, no space before the colon
+        headers.append((name, value.strip(" \t")))
+    return _Request(method, target, version, headers)
+
+
+def _environ(request: _Request, connection: _Connection) -> dict[str, Any]:
+    target = request.target
+    if not target.startswith("/"):  # absolute form: http://host:port/path
+        try:
+            target = urlsplit(target)._replace(scheme="", netloc="").geturl() or "/"
+        except ValueError as err:
+            raise _BadRequest("400 Bad Request") from err
+    path, _, query = target.partition("?")
+    server_name, server_port = connection.server.server_address[:2]
+    peer = connection.peer
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": request.method,
+        "SCRIPT_NAME": "",
+        "PATH_INFO": unquote(path, "iso-8859-1"),
+        "QUERY_STRING": query,
+        "SERVER_NAME": str(server_name),
+        "SERVER_PORT": str(server_port),
+        "SERVER_PROTOCOL": request.version,
+        "REMOTE_ADDR": str(peer[0]) if peer else "",
+        "CONTENT_LENGTH": str(len(request.body)) if request.body else "",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "https" if connection.server.tls else "http",
+        "wsgi.input": io.BytesIO(request.body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+        REQUEST_STARTED_KEY: time.monotonic(),
+    }
+    for name, value in request.headers:
+        key = name.upper().replace("-", "_")
+        if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            environ[key] = value
+            continue
+        key = "HTTP_" + key
+        environ[key] = f"{environ[key]},{value}" if key in environ else value
+    return environ
+
+
+def _respond(app: WsgiApp, environ: dict[str, Any]) -> bytes:
+    """Run the app once and return the whole HTTP answer (our answers are small)."""
+    reply: list[Any] = []
+    chunks: list[bytes] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        if exc_info is not None and reply:
+            raise exc_info[1].with_traceback(exc_info[2])
+        reply[:] = [status, headers]
+        return chunks.append
+
+    try:
+        result = app(environ, start_response)
+        try:
+            chunks.extend(result)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        status, headers = reply
+    except Exception:  # one broken request must answer 500, not end the server
+        log.exception("http request failed", extra={"path": environ.get("PATH_INFO", "")})
+        return _simple_answer("500 Internal Server Error", environ["REQUEST_METHOD"] == "HEAD")
+    body = b"".join(chunks)
+    return _encode_answer(status, headers, body, environ["REQUEST_METHOD"] == "HEAD")
+
+
+def _encode_answer(status: str, headers: list[tuple[str, str]], body: bytes, head: bool) -> bytes:
+    names = {name.lower() for name, _ in headers}
+    lines = [f"HTTP/1.1 {status}"]
+    lines += [f"{name}: {value}" for name, value in headers if name.lower() != "connection"]
+    if "content-length" not in names:
+        lines.append(f"Content-Length: {len(body)}")
+    if "date" not in names:
+        lines.append(f"Date: {formatdate(usegmt=True)}")
+    lines.append("Connection: close")  # one request per connection: nothing idles
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head else body)
+
+
+def _simple_answer(status: str, head: bool = False) -> bytes:
+    body = (status.split(" ", 1)[1] + "\n").encode()
+    headers = [("Content-Type", "text/plain; charset=utf-8")]
+    return _encode_answer(status, headers, body, head)
+
+
+class _Connection(asyncio.Protocol):
+    """One client: head and body are read under the deadline counted from accept, then the
+    app runs in a worker thread and the answer is written; the connection then closes."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+        self.loop = asyncio.get_running_loop()
+        # Created at accept, before the TLS handshake (whose own timeout is the same limit).
+        self.deadline = self.loop.time() + server.limits.request_seconds
+        self.transport: asyncio.Transport | None = None
+        self.peer: Any = None
+        self.buffer = bytearray()
+        self.request: _Request | None = None
+        self.body_length = 0
+        self.reading = True
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.peer = transport.get_extra_info("peername")
+        self.timer = self.loop.call_at(self.deadline, transport.abort)
+        self.server.opened(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.server.closed(self)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.reading:
+            return  # one request per connection; anything after it is ignored
+        self.buffer += data
+        try:
+            if self.request is None:
+                end = self.buffer.find(b"\r\n\r\n", 0, self.server.limits.head_bytes + 4)
+                if end < 0:
+                    if len(self.buffer) > self.server.limits.head_bytes:
+                        raise _BadRequest("431 Request Header Fields Too Large")
+                    return
+                self.request = _parse_head(bytes(self.buffer[:end]))
+                del self.buffer[: end + 4]
+                self.body_length = self._body_length(self.request)
+            if len(self.buffer) < self.body_length:
+                return
+        except _BadRequest as bad:
+            self._finish(_simple_answer(bad.status))
+            return
+        self.request.body = bytes(self.buffer[: self.body_length])
+        self.buffer.clear()
+        try:
+            environ = _environ(self.request, self)
+        except _BadRequest as bad:
+            self._finish(_simple_answer(bad.status))
+            return
+        self._dispatch(environ)
+
+    def eof_received(self) -> bool:
+        # A client may half-close after its request and still wait for the answer (TLS
+        # transports cannot stay half-open; there a close_notify ends the connection).
+        return not self.reading and self.server.tls is None
+
+    def _body_length(self, request: _Request) -> int:
+        fields = {name.lower(): value for name, value in request.headers}
+        if "transfer-encoding" in fields:
+            raise _BadRequest("501 Not Implemented")  # no endpoint takes a streamed body
+        length = fields.get("content-length", "0")
+        if not length.isdigit():
+            raise _BadRequest("400 Bad Request")
+        if int(length) > self.server.limits.body_bytes:
+            raise _BadRequest("413 Content Too Large")
+        if int(length) and fields.get("expect", "").lower() == "100-continue":
+            assert self.transport is not None
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return int(length)
+
+    def _dispatch(self, environ: dict[str, Any]) -> None:
+        assert self.transport is not None
+        self.reading = False
+        if self.timer is not None:
+            self.timer.cancel()  # the request is complete: the app's time is the app's
+        self.transport.pause_reading()
+        slow = environ["PATH_INFO"] in self.server.limits.slow_paths
+        pool = self.server.slow_pool if slow else self.server.app_pool
+        app = self.server.app
+        loop = self.loop
+
+        def job() -> None:
+            answer = _respond(app, environ)
+            with contextlib.suppress(RuntimeError):  # the loop is gone: shutting down
+                loop.call_soon_threadsafe(self._finish, answer)
+
+        pool.submit(job)
+
+    def _finish(self, answer: bytes) -> None:
+        self.reading = False
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+        # A client that does not read its answer is cut, like one that does not send.
+        self.timer = self.loop.call_later(self.server.limits.response_seconds, transport.abort)
+        transport.write(answer)
+        transport.close()
+
+    @property
+    def sending(self) -> bool:
+        """Still sending its request (stalled clients look like this)."""
+        return self.reading
+
+    def abort(self) -> None:
+        self.reading = False
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class HttpServer:
+    """The exporter's HTTP(S) server. `serve_forever()` runs it in the calling thread until
+    `shutdown()` (callable from any thread); `server_close()` releases the listening sockets."""
+
+    def __init__(
+        self,
+        sockets: list[socket.socket],
+        app: WsgiApp,
+        tls: ssl.SSLContext | None = None,
+        limits: HttpLimits | None = None,
+    ) -> None:
+        self.sockets = sockets
+        self.app = app
+        self.tls = tls
+        self.limits = limits or HttpLimits()
+        self.server_address: tuple[str, int] = sockets[0].getsockname()[:2]
+        self.app_pool = _WorkerPool(self.limits.app_threads, "http")
+        self.slow_pool = _WorkerPool(self.limits.slow_threads, "http-probe")
+        self._connections: dict[_Connection, None] = {}  # oldest first
+        self._stopping = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+
+    def serve_forever(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        servers = []
+        for sock in self.sockets:
+            tls_options: dict[str, Any] = {}
+            if self.tls is not None:
+                tls_options = {
+                    "ssl": self.tls,
+                    "ssl_handshake_timeout": self.limits.request_seconds,
+                    "ssl_shutdown_timeout": 5.0,
+                }
+            servers.append(
+                await self._loop.create_server(
+                    lambda: _Connection(self),
+                    sock=sock,
+                    backlog=self.limits.backlog,
+                    **tls_options,
+                )
+            )
+        try:
+            if not self._stopping.is_set():
+                await self._wake.wait()
+        finally:
+            for server in servers:
+                server.close()
+            for connection in list(self._connections):
+                connection.abort()
+            self.app_pool.shutdown()
+            self.slow_pool.shutdown()
+            await asyncio.sleep(0)  # let the aborts run their connection_lost
+            self._loop = None
+
+    def shutdown(self) -> None:
+        self._stopping.set()
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already ended
+                loop.call_soon_threadsafe(wake.set)
+
+    def server_close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+    def opened(self, connection: _Connection) -> None:
+        self._connections[connection] = None
+        if len(self._connections) <= self.limits.max_connections:
+            return
+        # Too many at once: make room by cutting the client that has been sending longest.
+        oldest = next((c for c in self._connections if c.sending), connection)
+        self._connections.pop(oldest)
+        oldest.abort()
+
+    def closed(self, connection: _Connection) -> None:
+        self._connections.pop(connection, None)
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:
@@ -212,16 +571,37 @@ def parse_listen_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def make_http_server(
-    address: str, app: ExporterApp, web_config: WebConfig | None = None
-) -> WSGIServer:
-    """The HTTP(S) server; `web_config` adds TLS and basic auth (see exporter/webconfig.py)."""
+def bind_listen_address(address: str, backlog: int = 1024) -> list[socket.socket]:
+    """`:PORT` listens on every address, IPv6 and IPv4 on one dual-stack socket (IPv4 only on
+    a machine without IPv6); `HOST:PORT` and `[V6]:PORT` on just that address."""
     host, port = parse_listen_address(address)
-    server_class = _ThreadingWSGIServerV6 if ":" in host else _ThreadingWSGIServer
-    wsgi: Any = app
+    if host:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return [socket.create_server((host, port), family=family, backlog=backlog)]
+    if socket.has_dualstack_ipv6():
+        try:
+            return [
+                socket.create_server(
+                    ("::", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=backlog
+                )
+            ]
+        except OSError as err:
+            if err.errno not in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                raise
+    return [socket.create_server(("0.0.0.0", port), backlog=backlog)]  # noqa: S104
+
+
+def make_http_server(
+    address: str,
+    app: WsgiApp,
+    web_config: WebConfig | None = None,
+    limits: HttpLimits | None = None,
+) -> HttpServer:
+    """The HTTP(S) server, bound (errors are raised here, not in serve_forever); `web_config`
+    adds TLS and basic auth (see exporter/webconfig.py)."""
+    limits = limits or HttpLimits()
+    wsgi: WsgiApp = app
     if web_config is not None and web_config.basic_auth_users:
         wsgi = BasicAuth(app, web_config.basic_auth_users)
-    server = make_server(host or "0.0.0.0", port, wsgi, server_class, _QuietHandler)  # noqa: S104
-    if web_config is not None and isinstance(server, _ThreadingWSGIServer):
-        server.tls = web_config.tls
-    return server
+    sockets = bind_listen_address(address, limits.backlog)
+    return HttpServer(sockets, wsgi, web_config.tls if web_config else None, limits)
