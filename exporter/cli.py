@@ -19,6 +19,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,6 +30,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from exporter import __version__
 from exporter.admin import doctor, esm_import, junk_review, oversized
+from exporter.backoff import FORCE_HINT, BackoffStore, secret_key
 from exporter.checks import (
     FolderMeasurement,
     JunkReviewMeasurement,
@@ -39,12 +41,12 @@ from exporter.checks import (
 )
 from exporter.config import Config, MailboxConfig, load_config
 from exporter.errors import ConfigError, ExporterError
-from exporter.failures import CheckFailed
+from exporter.failures import CheckFailed, Failure
 from exporter.logs import LEVELS, setup_logging
 from exporter.results import CheckResult
 from exporter.runner import MailboxRunner, Watchdog
 from exporter.service import Service, Shard
-from exporter.web import ExporterApp, make_http_server
+from exporter.web import ExporterApp, HttpLimits, make_http_server
 from exporter.webconfig import WebConfig, load_web_config
 
 log = logging.getLogger("exporter")
@@ -113,6 +115,12 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--output", choices=("table", "json"), default="table")
     if command == "login":
         parser.add_argument("--mailbox", metavar="NAME", required=True)
+    if command in ("check", "login", "doctor"):
+        parser.add_argument(
+            "--force",
+            action="store_true",
+            help="try a sign-in that the credential backoff (Smart Lockout guard) holds back",
+        )
     _add_admin_arguments(parser, command)
     return parser
 
@@ -176,9 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         if command == "check":
-            return run_check(config, args.mailbox, args.output)
+            return run_check(config, args.mailbox, args.output, args.force)
         if command == "login":
-            return run_login(config, args.mailbox)
+            return run_login(config, args.mailbox, args.force)
         if command in ADMIN_COMMANDS:
             return run_admin(command, config, args)
         web_config = load_web_config(args.web_config) if args.web_config else None
@@ -227,18 +235,20 @@ def run_admin(command: str, config: Config, args: argparse.Namespace) -> int:
     if command == "oversized":
         moving = oversized.OversizedOptions(output=args.output, move_to=args.move_to, yes=args.yes)
         return oversized.run(config, mailbox, moving, sys.stdout, sys.stderr)
-    return doctor.run(config, mailbox, args.output, sys.stdout)
+    return doctor.run(config, mailbox, args.output, sys.stdout, args.force)
 
 
 # -- check ------------------------------------------------------------------------------------
-def run_check(config: Config, mailbox_name: str | None, output: str) -> int:
+def run_check(config: Config, mailbox_name: str | None, output: str, force: bool = False) -> int:
     mailboxes = _select(config, mailbox_name)
     if mailboxes is None:
         return EXIT_USAGE
     watchdog = Watchdog()
 
     def run_one(mailbox: MailboxConfig) -> list[CheckResult]:
-        return MailboxRunner(mailbox, config.state_dir, watchdog).run(lambda _r: None)
+        runner = MailboxRunner(mailbox, config.state_dir, watchdog)
+        runner.force = force
+        return runner.run(lambda _r: None)
 
     with ThreadPoolExecutor(max_workers=min(8, len(mailboxes))) as pool:
         outcomes = list(zip(mailboxes, pool.map(run_one, mailboxes), strict=True))
@@ -292,8 +302,15 @@ def _result_json(result: CheckResult) -> dict[str, Any]:
         "reason": failure.reason if failure else None,
         "code": failure.code if failure else None,
         "message": failure.message if failure else None,
-        "hint": failure.remediation if failure else None,
+        "hint": _hint(failure) if failure else None,
     } | {key: value for m in result.measurements for key, value in _measurement_json(m).items()}
+
+
+def _hint(failure: Failure) -> str:
+    """The failure's remediation; a held-back sign-in also says how to try now."""
+    if failure.reason == "backoff":
+        return f"{failure.remediation} {FORCE_HINT}"
+    return failure.remediation
 
 
 def _iso(timestamp: float | None) -> str:
@@ -334,7 +351,7 @@ def _table(outcomes: list[tuple[MailboxConfig, list[CheckResult]]]) -> str:
                 code = f" {r.failure.code}" if r.failure.code else ""
                 verdict, detail = f"FAIL {r.failure.reason}{code}", r.failure.message
                 if r.failure.reason != "dependency":
-                    hints.append(f"{mailbox.name}/{r.check}: {r.failure.remediation}")
+                    hints.append(f"{mailbox.name}/{r.check}: {_hint(r.failure)}")
             rows.append(
                 (mailbox.name, r.check, verdict, f"{r.duration_seconds * 1000:.0f}ms", detail)
             )
@@ -349,7 +366,7 @@ def _table(outcomes: list[tuple[MailboxConfig, list[CheckResult]]]) -> str:
 
 
 # -- login ------------------------------------------------------------------------------------
-def run_login(config: Config, mailbox_name: str) -> int:
+def run_login(config: Config, mailbox_name: str, force: bool = False) -> int:
     mailboxes = _select(config, mailbox_name)
     if mailboxes is None:
         return EXIT_USAGE
@@ -361,6 +378,15 @@ def run_login(config: Config, mailbox_name: str) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    backoff = BackoffStore(config.state_dir, mailbox.name)
+    if mailbox.auth.flow == "password" and not force:
+        held = backoff.holds_back("token", time.time(), secret_key(mailbox))
+        if held is not None:
+            print(
+                f"sign-in held back: {held.message}\nhint: {held.remediation} {FORCE_HINT}",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
     runner = MailboxRunner(mailbox, config.state_dir, Watchdog())
     try:
         token = runner.auth.device_code_login(lambda text: print(text, flush=True))
@@ -372,6 +398,7 @@ def run_login(config: Config, mailbox_name: str) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
+    backoff.clear()  # a fresh grant is in the cache: the next run refreshes it
     print(
         f"Signed in as {mailbox.username}; token cache seeded "
         f"(access token valid until {_iso(token.expires_at)})."
@@ -408,7 +435,9 @@ def serve(config: Config, config_path: Path, options: ServeOptions) -> int:
     ProcessCollector(registry=process_metrics)
     try:
         app = ExporterApp(service, process_metrics)
-        server = make_http_server(listen, app, options.web_config)
+        # /probe runs hold a check slot each: more probe threads than slots would only wait.
+        limits = HttpLimits(slow_threads=options.max_concurrency)
+        server = make_http_server(listen, app, options.web_config, limits)
     except (OSError, ValueError) as err:
         print(f"error: cannot listen on {listen}: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -436,7 +465,7 @@ def serve(config: Config, config_path: Path, options: ServeOptions) -> int:
             "scheduled": options.scheduled,
         },
     )
-    server.serve_forever(poll_interval=0.2)
+    server.serve_forever()
     server.server_close()
     service.stop()
     log.info("stopped")

@@ -135,13 +135,33 @@ REASON_HINTS: dict[str, str] = {
 }
 
 _AADSTS_RE = re.compile(r"AADSTS(\d+)")
-# Bearer tokens, refresh tokens, assertions: long runs of base64url-ish characters.
-_TOKENISH_RE = re.compile(r"[A-Za-z0-9_\-.+=]{40,}")
+# Bearer tokens, refresh tokens, assertions, client secrets: long runs of base64 / base64url
+# characters. Entra ID client secrets carry `~`, standard base64 carries `/` and `+`. URLs and
+# absolute paths are read segment by segment (a long run inside one is still redacted), so that
+# `https://login.microsoftonline.com/contoso/oauth2/v2.0/token` or a state file's path stays.
+_LONG_RUN = r"[A-Za-z0-9_\-.+=~/]{40,}"
+_SECRET_SEGMENT_RE = re.compile(r"[A-Za-z0-9_\-.+=~]{40,}")
+_SCRUB_RE = re.compile(
+    r"(?P<path>(?:[A-Za-z][A-Za-z0-9+.\-]*:/)?/[A-Za-z0-9_\-.+=~/%:@?&#]*)|(?P<run>"
+    + _LONG_RUN
+    + ")"
+)
+
+
+def _scrub_match(match: re.Match[str]) -> str:
+    path = match.group("path")
+    if path is not None:
+        return _SECRET_SEGMENT_RE.sub(REDACTED, path)
+    return REDACTED
+
+
+REDACTED = "<redacted>"
 
 
 def scrub(text: str) -> str:
-    """Remove anything that looks like a token from text meant for logs, pages or metrics."""
-    return _TOKENISH_RE.sub("<redacted>", text)
+    """Remove anything that looks like a token or a secret from text meant for logs, pages or
+    metrics."""
+    return _SCRUB_RE.sub(_scrub_match, text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,19 +230,26 @@ def classify_token_error(
     if http_status == 429:
         reason = "throttled"
     description = str(error.get("error_description", oauth_error)).splitlines()
-    message = description[0] if description else oauth_error
-    code_label = str(code) if code is not None else ("429" if http_status == 429 else "")
+    message = cut(description[0] if description else oauth_error)
+    # `code` is an AADSTS number or nothing: never an HTTP status (the message names that).
+    code_label = str(code) if code is not None else ""
+    if http_status is not None and http_status >= 400 and code is None:
+        message = f"HTTP {http_status}: {message}"
     return Failure(reason, code_label, scrub(message), hint, retry_after)
 
 
 MAX_MESSAGE_CHARS = 300  # of server text quoted in a failure message
 
 
+def cut(text: str) -> str:
+    """Server text quoted in a failure: at most MAX_MESSAGE_CHARS characters."""
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[:MAX_MESSAGE_CHARS] + "..."
+
+
 def first_line(err: BaseException) -> str:
     """The first line of an exception's text, cut at MAX_MESSAGE_CHARS."""
     lines = str(err).splitlines()
-    line = lines[0] if lines else type(err).__name__
-    return line if len(line) <= MAX_MESSAGE_CHARS else line[:MAX_MESSAGE_CHARS] + "..."
+    return cut(lines[0] if lines else type(err).__name__)
 
 
 def classify_transport(err: BaseException, step: str) -> CheckFailed | None:

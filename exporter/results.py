@@ -92,6 +92,9 @@ class ResultStore:
                     if check not in enabled:
                         del state.checks[check]
                         state.last_success.pop(check, None)
+                for key in list(state.failures_total):
+                    if key[0] not in enabled:
+                        del state.failures_total[key]
 
     def version(self, mailbox: str) -> int:
         """A number that changes whenever the mailbox's results do (-1: no results)."""

@@ -6,7 +6,6 @@ application, the TLS context and the credential-failure backoff between runs.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import logging
 import random
@@ -14,56 +13,19 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from exporter.auth import MailboxAuth, tls_context
+from exporter.backoff import SIGN_IN_STEPS, BackoffStore, secret_key
 from exporter.checks import CHECKS, RunContext
-from exporter.config import MailboxConfig, read_secret
-from exporter.errors import ExporterError, SecretError
+from exporter.config import MailboxConfig
+from exporter.errors import ExporterError
 from exporter.failures import CREDENTIAL_REASONS, CheckFailed, Failure, fail, scrub
 from exporter.results import CheckResult
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF_SECONDS = 3600.0
-# Checks whose failure with a credential reason puts the mailbox's sign-in into backoff.
-SIGN_IN_CHECKS = ("token", "imap_login")
-
 Clock = Callable[[], float]
-
-
-@dataclass
-class Backoff:
-    """After a credential failure, wait interval * 2^failures (at most an hour) before trying.
-
-    A wrong password retried every minute would trip Entra ID Smart Lockout (10 failures by
-    default) and lock the very account we watch. A changed secret or config retries at once.
-    """
-
-    failures: int = 0
-    until: float = 0.0
-    fingerprint: str = ""
-    cause: Failure | None = None
-
-    def active(self, now: float, fingerprint: str) -> bool:
-        return self.cause is not None and now < self.until and fingerprint == self.fingerprint
-
-    def record_failure(
-        self, failure: Failure, now: float, interval: float, fingerprint: str
-    ) -> None:
-        self.failures += 1
-        delay = min(interval * 2.0**self.failures, max(MAX_BACKOFF_SECONDS, interval))
-        if failure.retry_after:
-            delay = max(delay, failure.retry_after)
-        self.until = now + delay
-        self.fingerprint = fingerprint
-        self.cause = failure
-
-    def reset(self) -> None:
-        self.failures = 0
-        self.until = 0.0
-        self.cause = None
 
 
 class Watchdog:
@@ -115,8 +77,8 @@ class MailboxRunner:
         self.state_dir = state_dir
         self.watchdog = watchdog
         self.clock = clock
-        self.backoff = {check: Backoff() for check in SIGN_IN_CHECKS}
-        self._config_digest = hashlib.sha256(repr(mailbox).encode()).hexdigest()
+        self.backoff = BackoffStore(state_dir, mailbox.name)
+        self.force = False  # `check --force`: try a held-back sign-in anyway
         self._auth: MailboxAuth | None = None
         self._tls: ssl.SSLContext | None = None
 
@@ -138,14 +100,6 @@ class MailboxRunner:
             return Failure(reason, "", scrub(f"cannot set up the mailbox: {err}"))
         return None
 
-    def _fingerprint(self) -> str:
-        """Changes when the secret or the config changes; never exposes the secret."""
-        try:
-            secret = read_secret(self.mailbox.auth)
-        except SecretError:
-            secret = ""
-        return hashlib.sha256((self._config_digest + "\0" + secret).encode()).hexdigest()
-
     def run(
         self, on_result: Callable[[CheckResult], None], deadline: float | None = None
     ) -> list[CheckResult]:
@@ -165,10 +119,10 @@ class MailboxRunner:
         assert self._auth is not None and self._tls is not None
         ctx = RunContext(self.mailbox, self._auth, self._tls)
         passed: set[str] = set()
-        fingerprint = self._fingerprint()
+        key = secret_key(self.mailbox)
         try:
             for name in runnable_checks(self.mailbox):
-                result = self._run_one(ctx, name, passed, fingerprint, deadline)
+                result = self._run_one(ctx, name, passed, key, deadline)
                 if result.success:
                     passed.add(name)
                 results.append(result)
@@ -189,13 +143,16 @@ class MailboxRunner:
         ctx: RunContext,
         name: str,
         passed: set[str],
-        fingerprint: str,
+        key: str,
         deadline: float | None = None,
     ) -> CheckResult:
         spec = CHECKS[name]
         start_wall = self.clock()
         start = time.monotonic()
-        backoff = self.backoff.get(name)
+        sign_in = name in SIGN_IN_STEPS
+        held_back = None
+        if sign_in and not self.force:
+            held_back = self.backoff.holds_back(name, start_wall, key)
         ctx.measurements = []
         failure: Failure | None = None
         limit = start + self.mailbox.timeout
@@ -205,16 +162,8 @@ class MailboxRunner:
             failure = Failure("dependency", "", f"{spec.needs} did not pass in this run")
         elif limit <= start:
             failure = Failure("timeout", "", "no time left before the probe's deadline")
-        elif backoff is not None and backoff.active(start_wall, fingerprint):
-            cause = backoff.cause
-            assert cause is not None
-            failure = Failure(
-                "backoff",
-                cause.code,
-                f"after {cause.reason}: next sign-in attempt in "
-                f"{backoff.until - start_wall:.0f}s ({cause.message})",
-                cause.remediation,
-            )
+        elif held_back is not None:
+            failure = held_back
         else:
             aborted = threading.Event()
 
@@ -222,7 +171,7 @@ class MailboxRunner:
                 aborted.set()
                 for break_connection in ctx.aborters:
                     break_connection()
-                ctx.auth.session.close()
+                ctx.auth.abort()
 
             ctx.deadline = limit
             disarm = self.watchdog.arm(limit, abort)
@@ -237,11 +186,11 @@ class MailboxRunner:
                 disarm()
             if aborted.is_set() and failure is not None:
                 failure = fail("timeout", f"no result within {limit - start:.3g}s").failure
-            if backoff is not None:
+            if sign_in:
                 if failure is None:
-                    backoff.reset()
+                    self.backoff.passed(name)
                 elif failure.reason in CREDENTIAL_REASONS or failure.retry_after:
-                    backoff.record_failure(failure, start_wall, self.mailbox.interval, fingerprint)
+                    self.backoff.failed(name, failure, start_wall, self.mailbox.interval, key)
         duration = time.monotonic() - start
         return CheckResult(
             check=name,

@@ -26,7 +26,11 @@ log = logging.getLogger(__name__)
 class _Entry:
     runner: MailboxRunner
     generation: int
-    running: bool = False
+    first_due: bool = True  # its first run has not started yet
+
+
+# How often a mailbox whose config changed looks again whether the old config's run has ended.
+_WAIT_FOR_OLD_RUN = 0.05
 
 
 class Scheduler:
@@ -38,7 +42,12 @@ class Scheduler:
         self.scheduled = scheduled
         self.watchdog = Watchdog()
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="check")
+        # Scheduled runs and /probe runs share the --checks.max-concurrency slots.
+        self._slots = threading.BoundedSemaphore(max_concurrency)
         self._entries: dict[str, _Entry] = {}
+        # Mailboxes with a run going, by name: a run started under an older config counts too,
+        # so a mailbox never runs twice at once (one token cache, one IMAP login at a time).
+        self._running: set[str] = set()
         self._heap: list[tuple[float, int, str]] = []  # (due monotonic, generation, mailbox)
         self._cond = threading.Condition()
         self._stopping = False
@@ -53,7 +62,8 @@ class Scheduler:
         with self._cond:
             self._stopping = True
             self._cond.notify()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def apply(self, config: Config) -> None:
@@ -99,50 +109,65 @@ class Scheduler:
                 if entry is None or entry.generation != generation:
                     continue  # removed or replaced by a reload
                 mailbox = entry.runner.mailbox
+                if name in self._running and entry.first_due:
+                    # The first run under a new config waits for the old config's run to end.
+                    heapq.heappush(self._heap, (now + _WAIT_FOR_OLD_RUN, generation, name))
+                    continue
+                entry.first_due = False
                 next_due = max(due + mailbox.interval, now)
                 heapq.heappush(self._heap, (next_due, generation, name))
-                if entry.running:
+                if name in self._running:
                     log.warning("previous run still going; skipped", extra={"mailbox": name})
                     continue
-                entry.running = True
+                self._running.add(name)
             self._pool.submit(self._run, name, entry)
 
     def run_now(self, name: str, deadline: float) -> bool:
         """Run one mailbox now in the caller's thread (/probe), finishing by `deadline`
         (monotonic). If a run of it is already going, wait for that one instead of starting a
-        second. Returns False when the mailbox is unknown. Raises TimeoutError when the
-        running one did not end in time."""
+        second. The run takes one of the --checks.max-concurrency slots. Returns False when the
+        mailbox is unknown. Raises TimeoutError when no run ended in time."""
         with self._cond:
             entry = self._entries.get(name)
             if entry is None:
                 return False
-            if entry.running:
-                while entry.running:
+            if name in self._running:
+                while name in self._running:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise TimeoutError(name)
                     self._cond.wait(remaining)
                 return True
-            entry.running = True
+            self._running.add(name)
         self._run(name, entry, deadline)
         return True
 
     def _run(self, name: str, entry: _Entry, deadline: float | None = None) -> None:
         def record(result: CheckResult) -> None:
+            # Under the scheduler's lock: a reload cannot remove the mailbox between the test
+            # and the write, so a late result never brings a removed mailbox back.
             with self._cond:
-                current = self._entries.get(name)
-                if current is not entry:
+                if self._entries.get(name) is not entry:
                     return  # the mailbox was removed or its config changed during the run
-            self.store.record(name, result)
+                self.store.record(name, result)
             log_result(entry.runner.mailbox, result)
 
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            entry.runner.run(record, deadline)
+            if not self._slots.acquire(timeout=timeout):
+                log.warning(
+                    "no free check slot before the probe's deadline", extra={"mailbox": name}
+                )
+                return
+            try:
+                entry.runner.run(record, deadline)
+            finally:
+                self._slots.release()
         except Exception:
             log.exception("mailbox run crashed", extra={"mailbox": name})
         finally:
             with self._cond:
-                entry.running = False
+                self._running.discard(name)
                 self._cond.notify_all()
 
 

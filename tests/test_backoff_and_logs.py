@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import random
+import stat
 
 import pytest
 
+from exporter.backoff import MAX_BACKOFF_SECONDS, Backoff, BackoffStore
 from exporter.failures import Failure, classify_token_error, scrub
 from exporter.logs import JsonFormatter, LogfmtFormatter
-from exporter.runner import MAX_BACKOFF_SECONDS, Backoff, jitter
+from exporter.runner import jitter
 
 
 def test_backoff_doubles_and_is_capped():
@@ -18,20 +20,65 @@ def test_backoff_doubles_and_is_capped():
     cause = Failure("invalid_grant", "50126", "wrong password")
     waits = []
     for _ in range(12):
-        backoff.record_failure(cause, now=1000.0, interval=60.0, fingerprint="a")
+        backoff.record_failure(cause, now=1000.0, interval=60.0, cap=MAX_BACKOFF_SECONDS, key="a")
         waits.append(backoff.until - 1000.0)
     assert waits[:5] == [120.0, 240.0, 480.0, 960.0, 1920.0]
     assert max(waits) == MAX_BACKOFF_SECONDS
     assert backoff.active(1000.0 + 3599, "a")
     assert not backoff.active(1000.0 + 3599, "changed secret")
     assert not backoff.active(1000.0 + 3601, "a")
-    backoff.reset()
-    assert not backoff.active(1000.0, "a")
+    # The record holds a salted slow hash, never the key itself.
+    kind, salt, digest = backoff.fingerprint.split("$")
+    assert (kind, len(salt), len(digest)) == ("pbkdf2-sha256", 32, 64)
+
+
+def test_a_changed_key_starts_its_failures_afresh():
+    backoff = Backoff()
+    cause = Failure("invalid_grant", "50126", "wrong password")
+    for _ in range(3):
+        backoff.record_failure(cause, 0.0, 60.0, MAX_BACKOFF_SECONDS, "old secret")
+    assert backoff.failures == 3
+    backoff.record_failure(cause, 0.0, 60.0, MAX_BACKOFF_SECONDS, "new secret")
+    assert (backoff.failures, backoff.until) == (1, 120.0)
+
+
+def test_server_rejections_are_capped_at_four_intervals(tmp_path):
+    store = BackoffStore(tmp_path, "box")
+    cause = Failure("auth_rejected", "NO", "AUTHENTICATE failed.")
+    waits = []
+    for _ in range(6):
+        store.failed("imap_login", cause, 0.0, 60.0, "key")
+        waits.append(store.get("imap_login").until)
+    assert waits == [120.0, 240.0, 240.0, 240.0, 240.0, 240.0]
+    store.failed("token", Failure("invalid_grant", "50126"), 0.0, 60.0, "key")
+    assert store.get("token").until == 120.0
+
+
+def test_backoff_record_is_shared_through_the_file(tmp_path):
+    first, second = BackoffStore(tmp_path, "box"), BackoffStore(tmp_path, "box")
+    first.failed("token", Failure("invalid_grant", "50126", "wrong"), 100.0, 60.0, "key")
+    held = second.holds_back("token", 130.0, "key")
+    assert held is not None and (held.reason, held.code) == ("backoff", "50126")
+    assert "next sign-in attempt at 1970-01-01 00:03:40Z (in 90s)" in held.message
+    assert second.holds_back("token", 130.0, "another secret") is None
+    assert stat.S_IMODE(first.path.stat().st_mode) == 0o600
+    second.passed("token")
+    assert not first.path.exists()
+    assert first.holds_back("token", 130.0, "key") is None
+
+
+def test_corrupt_backoff_record_is_set_aside(tmp_path):
+    store = BackoffStore(tmp_path, "box")
+    store.path.parent.mkdir()
+    store.path.write_text("{not json")
+    assert store.holds_back("token", 0.0, "key") is None
+    assert not store.path.exists()
+    assert len(list(store.path.parent.glob("box.json.corrupt-*"))) == 1
 
 
 def test_retry_after_extends_backoff():
     backoff = Backoff()
-    backoff.record_failure(Failure("throttled", "429", retry_after=900.0), 0.0, 1.0, "a")
+    backoff.record_failure(Failure("throttled", "", retry_after=900.0), 0.0, 1.0, 3600.0, "a")
     assert backoff.until == 900.0
 
 
@@ -51,7 +98,7 @@ def test_jitter_is_at_most_a_tenth_of_the_interval():
          ("invalid_grant", "50126")),
         ({"error": "invalid_grant", "suberror": "consent_required"}, 400,
          ("consent_required", "")),
-        ({"error": "temporarily_unavailable"}, 429, ("throttled", "429")),
+        ({"error": "temporarily_unavailable"}, 429, ("throttled", "")),
         ({"error": "server_error"}, 400, ("unknown", "")),
     ],
 )

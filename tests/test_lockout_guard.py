@@ -34,3 +34,24 @@ def test_wrong_password_attempts_stay_bounded_and_fix_is_picked_up(
                       check="token")
     assert time.monotonic() - fixed_at < 5
     exporter.wait_for("o365_mailbox_up", 1.0, timeout=10, mailbox="box")
+
+
+def test_imap_rejection_fix_shows_within_four_intervals(
+    make_mailbox, entra, dovecot, tmp_path, exporter_process
+):
+    """An IMAP rejection of a fresh token risks no lockout: it is retried within four
+    intervals, so an admin's fix (a permission, IMAP enabled again) shows within minutes."""
+    mailbox = make_mailbox("box")
+    entra.reject_imap_users.add(mailbox.upn)
+    config = write_config(tmp_path, entra, dovecot, [mailbox], interval="1s", timeout="1s")
+    exporter = exporter_process(config)
+    exporter.wait_for("o365_mailbox_check_failures_total", mailbox="box", check="imap_login",
+                      reason="backoff", code="AUTHENTICATIONFAILED")
+    time.sleep(20)  # long enough for an uncapped doubling to reach 16 s and more
+    entra.reject_imap_users.discard(mailbox.upn)  # the admin's fix
+    fixed_at = time.monotonic()
+    exporter.wait_for("o365_mailbox_check_success", 1.0, timeout=15, mailbox="box",
+                      check="imap_login")
+    shown_after = time.monotonic() - fixed_at
+    print(f"\nIMAP rejection fixed: shown after {shown_after:.1f}s at a 1 s interval")
+    assert shown_after <= 4 * 1.0 + 1.5

@@ -14,6 +14,7 @@ import base64
 import binascii
 import json
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,9 +25,17 @@ import requests
 
 from exporter.admin.common import EXIT_FAILED, EXIT_OK, write_json
 from exporter.auth import MailboxAuth, Token, tls_context
+from exporter.backoff import FORCE_HINT, BackoffStore, secret_key
 from exporter.config import Config, MailboxConfig, read_secret
 from exporter.errors import ExporterError, SecretError
-from exporter.failures import CheckFailed, classify_token_error, first_line, hint_for, scrub
+from exporter.failures import (
+    CREDENTIAL_REASONS,
+    CheckFailed,
+    classify_token_error,
+    first_line,
+    hint_for,
+    scrub,
+)
 from exporter.imap import JUNK, SENT, ImapSession
 from exporter.smtp import SmtpSession
 from exporter.tlsinfo import not_after_der
@@ -67,6 +76,7 @@ class Walk:
     token: Token | None = None
     imap: ImapSession | None = None
     notes: list[str] = field(default_factory=list)
+    force: bool = False  # --force: try a sign-in the credential backoff holds back
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +155,6 @@ def step_authority(walk: Walk) -> str:
             "authority_host does not look like an Entra ID authority: use "
             "https://login.microsoftonline.com (or your sovereign cloud's host).",
             "protocol",
-            str(response.status_code),
         )
     if response.status_code != 200 or "token_endpoint" not in document:
         failure = classify_token_error(document, response.status_code)
@@ -169,12 +178,24 @@ _FLOW_WORDS = {
 
 
 def step_token(walk: Walk) -> str:
+    """The sign-in, under the same credential backoff as the exporter (the Smart Lockout
+    guard): a password flow that the record holds back is not tried without --force."""
     assert walk.auth is not None
+    mailbox = walk.mailbox
+    backoff = BackoffStore(walk.state_dir, mailbox.name)
+    key = secret_key(mailbox)
+    now = time.time()
+    held = backoff.holds_back("token", now, key) if mailbox.auth.flow == "password" else None
+    if held is not None and not walk.force:
+        raise StepFailed(held.message, f"{held.remediation} {FORCE_HINT}", "backoff", held.code)
     try:
         walk.token = walk.auth.refresh()
     except CheckFailed as err:
+        if err.failure.reason in CREDENTIAL_REASONS or err.failure.retry_after:
+            backoff.failed("token", err.failure, now, mailbox.interval, key)
         raise StepFailed.from_check(err) from err
-    return f"{_FLOW_WORDS[walk.mailbox.auth.flow]}: token obtained"
+    backoff.passed("token")
+    return f"{_FLOW_WORDS[mailbox.auth.flow]}: token obtained"
 
 
 def token_claims(token: str) -> dict[str, Any] | None:
@@ -389,9 +410,9 @@ def steps_for(mailbox: MailboxConfig) -> list[tuple[str, Step]]:
     ]
 
 
-def diagnose(mailbox: MailboxConfig, state_dir: Path) -> list[StepResult]:
+def diagnose(mailbox: MailboxConfig, state_dir: Path, force: bool = False) -> list[StepResult]:
     """Run the steps until the first broken one; the rest are `not_run`."""
-    walk = Walk(mailbox, state_dir)
+    walk = Walk(mailbox, state_dir, force=force)
     results: list[StepResult] = []
     broken = False
     try:
@@ -413,8 +434,10 @@ def diagnose(mailbox: MailboxConfig, state_dir: Path) -> list[StepResult]:
     return results
 
 
-def run(config: Config, mailbox: MailboxConfig, output: str, stdout: TextIO) -> int:
-    results = diagnose(mailbox, config.state_dir)
+def run(
+    config: Config, mailbox: MailboxConfig, output: str, stdout: TextIO, force: bool = False
+) -> int:
+    results = diagnose(mailbox, config.state_dir, force)
     ok = all(r.status != "fail" for r in results)
     broken = next((r for r in results if r.status == "fail"), None)
     if output == "json":

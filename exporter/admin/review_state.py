@@ -10,14 +10,13 @@ every message counts as unreviewed.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from exporter.errors import StateError
 from exporter.imap import FolderStatus
+from exporter.statefile import atomic_write
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,21 +58,11 @@ def load_review(state_dir: Path, mailbox: str) -> ReviewState | None:
 def save_review(state_dir: Path, mailbox: str, state: ReviewState) -> Path:
     """Write the review record by atomic replace, 0600 in a 0700 directory."""
     path = review_path(state_dir, mailbox)
+    text = json.dumps(asdict(state), indent=2) + "\n"
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        atomic_write(path, text.encode("utf-8"), 0o600)
     except OSError as err:
-        raise StateError(f"{path.parent}: {err.strerror}") from err
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(asdict(state), handle, indent=2)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
         raise StateError(f"{path}: {err.strerror}") from err
     return path
 
