@@ -9,12 +9,13 @@ scrape, most of it re-formatting the same 33,000 samples.
 
 from __future__ import annotations
 
+import platform
 import threading
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from exporter import __version__
+from exporter import __version__, revision
 from exporter.checks import (
     CredentialMeasurement,
     FolderMeasurement,
@@ -29,6 +30,7 @@ from exporter.results import MailboxSnapshot, ResultStore
 from exporter.runner import runnable_checks
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+BUILD_LABELS = (__version__, revision(), platform.python_version())
 _LATEST = " From the latest scheduled run, not from the scrape."
 
 
@@ -59,6 +61,17 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "gauge",
         "Unix time of the check's latest successful run.",
         ("mailbox", "check"),
+    ),
+    "o365_mailbox_check_consecutive_failures": (
+        "gauge",
+        "Failed runs of the check in a row; 0 after a pass." + _LATEST,
+        ("mailbox", "check"),
+    ),
+    "o365_mailbox_check_interval_seconds": (
+        "gauge",
+        "The mailbox's configured check interval (absent in --probe.only mode, where "
+        "Prometheus' scrape interval is the cadence).",
+        ("mailbox",),
     ),
     "o365_mailbox_check_failures": (
         "counter",
@@ -126,10 +139,19 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Junk messages that arrived since the latest recorded review (by UID)." + _LATEST,
         ("mailbox",),
     ),
-    "o365_mailbox_exporter_build_info": ("gauge", "Build information; always 1.", ("version",)),
+    "o365_mailbox_exporter_build_info": (
+        "gauge",
+        "Build information; always 1.",
+        ("version", "revision", "python_version"),
+    ),
     "o365_mailbox_exporter_config_last_reload_successful": (
         "gauge",
         "1 if the latest configuration (re)load succeeded, else 0.",
+        (),
+    ),
+    "o365_mailbox_exporter_config_last_reload_success_timestamp_seconds": (
+        "gauge",
+        "Unix time the configuration last loaded successfully.",
         (),
     ),
 }
@@ -140,6 +162,7 @@ Lines = dict[str, list[str]]  # family -> rendered sample lines
 _EXPORTER_FAMILIES = (
     "o365_mailbox_exporter_build_info",
     "o365_mailbox_exporter_config_last_reload_successful",
+    "o365_mailbox_exporter_config_last_reload_success_timestamp_seconds",
 )
 
 
@@ -170,9 +193,14 @@ def _line(family: str, labels: tuple[str, ...], value: float) -> str:
     return f"{selector} {_value(value)}"
 
 
-def mailbox_samples(mailbox: MailboxConfig, snap: MailboxSnapshot) -> Iterator[Sample]:
-    """Every sample of one mailbox, from its latest results."""
+def mailbox_samples(
+    mailbox: MailboxConfig, snap: MailboxSnapshot, scheduled: bool = True
+) -> Iterator[Sample]:
+    """Every sample of one mailbox, from its latest results. `scheduled`: the exporter runs
+    the mailbox on its configured interval (not in --probe.only mode)."""
     name = mailbox.name
+    if scheduled:
+        yield "o365_mailbox_check_interval_seconds", (name,), mailbox.interval
     checks = runnable_checks(mailbox)
     ran = [snap.checks[c] for c in checks if c in snap.checks]
     if ran:
@@ -183,6 +211,8 @@ def mailbox_samples(mailbox: MailboxConfig, snap: MailboxSnapshot) -> Iterator[S
         yield "o365_mailbox_check_success", labels, 1.0 if result.success else 0.0
         yield "o365_mailbox_check_duration_seconds", labels, result.duration_seconds
         yield "o365_mailbox_check_last_run_timestamp_seconds", labels, result.ended_at
+        failed_in_a_row = snap.consecutive_failures.get(result.check, 0)
+        yield "o365_mailbox_check_consecutive_failures", labels, failed_in_a_row
         if result.check in snap.last_success:
             last = snap.last_success[result.check]
             yield "o365_mailbox_check_last_success_timestamp_seconds", labels, last
@@ -230,14 +260,19 @@ class MetricsText:
         reload_ok: Callable[[], bool],
         exporter_metrics: bool = True,
         registry: CollectorRegistry | None = None,
+        scheduled: bool = True,
+        reload_success_time: Callable[[], float | None] = lambda: None,
     ) -> None:
         """`config` decides which mailboxes appear (a /probe passes just one); `registry`
-        holds further collectors whose text is appended (the process metrics)."""
+        holds further collectors whose text is appended (the process metrics); `scheduled`
+        is False in --probe.only mode (no configured interval is in force)."""
         self.store = store
         self.config = config
         self.reload_ok = reload_ok
         self.exporter_metrics = exporter_metrics
         self.registry = registry
+        self.scheduled = scheduled
+        self.reload_success_time = reload_success_time
         self._cache: dict[str, tuple[tuple[int, MailboxConfig], Lines]] = {}
         self._lock = threading.Lock()
 
@@ -248,8 +283,10 @@ class MetricsText:
         if cached is not None and cached[0] == key:
             return cached[1]
         lines: Lines = {}
-        snap = self.store.snapshot_of(mailbox.name) or MailboxSnapshot(mailbox.name, {}, {}, {}, {})
-        for family, labels, value in mailbox_samples(mailbox, snap):
+        snap = self.store.snapshot_of(mailbox.name) or MailboxSnapshot(
+            mailbox.name, {}, {}, {}, {}, {}
+        )
+        for family, labels, value in mailbox_samples(mailbox, snap, self.scheduled):
             lines.setdefault(family, []).append(_line(family, labels, value))
         with self._lock:
             self._cache[mailbox.name] = (key, lines)
@@ -266,9 +303,12 @@ class MetricsText:
             for family, lines in self._mailbox_lines(mailbox).items():
                 by_family[family].extend(lines)
         if self.exporter_metrics:
-            build, reload = _EXPORTER_FAMILIES
-            by_family[build].append(_line(build, (__version__,), 1.0))
+            build, reload, reloaded_at = _EXPORTER_FAMILIES
+            by_family[build].append(_line(build, BUILD_LABELS, 1.0))
             by_family[reload].append(_line(reload, (), 1.0 if self.reload_ok() else 0.0))
+            last_success = self.reload_success_time()
+            if last_success is not None:
+                by_family[reloaded_at].append(_line(reloaded_at, (), last_success))
         out: list[str] = []
         for family, lines in by_family.items():
             if family in _EXPORTER_FAMILIES and not self.exporter_metrics:

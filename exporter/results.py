@@ -29,6 +29,7 @@ class MailboxResults:
     checks: dict[str, CheckResult] = field(default_factory=dict)
     last_success: dict[str, float] = field(default_factory=dict)
     failures_total: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    consecutive_failures: dict[str, int] = field(default_factory=dict)  # check -> failed runs
     arrived_total: Counter[str] = field(default_factory=Counter)  # folder -> messages
     uid_marks: dict[str, tuple[int, int]] = field(default_factory=dict)  # (UIDVALIDITY, UIDNEXT)
     version: int = 0  # bumped on every change, so renderers can cache
@@ -52,6 +53,7 @@ class MailboxSnapshot:
     last_success: dict[str, float]
     failures_total: dict[tuple[str, str, str], int]  # (check, reason, code) -> count
     arrived_total: dict[str, int]  # folder -> messages
+    consecutive_failures: dict[str, int] = field(default_factory=dict)  # check -> failed runs
 
 
 class ResultStore:
@@ -69,9 +71,13 @@ class ResultStore:
                     state.count_arrivals(measurement)
             if result.success:
                 state.last_success[result.check] = result.ended_at
-            elif result.failure is not None:
-                key = (result.check, result.failure.reason, result.failure.code)
-                state.failures_total[key] += 1
+                state.consecutive_failures[result.check] = 0
+            else:
+                failed_in_a_row = state.consecutive_failures.get(result.check, 0) + 1
+                state.consecutive_failures[result.check] = failed_in_a_row
+                if result.failure is not None:
+                    key = (result.check, result.failure.reason, result.failure.code)
+                    state.failures_total[key] += 1
 
     def latest(self, mailbox: str, check: str) -> CheckResult | None:
         with self._lock:
@@ -92,6 +98,7 @@ class ResultStore:
                     if check not in enabled:
                         del state.checks[check]
                         state.last_success.pop(check, None)
+                        state.consecutive_failures.pop(check, None)
                 for key in list(state.failures_total):
                     if key[0] not in enabled:
                         del state.failures_total[key]
@@ -119,4 +126,5 @@ def _snapshot(name: str, state: MailboxResults) -> MailboxSnapshot:
         last_success=dict(state.last_success),
         failures_total=dict(state.failures_total),
         arrived_total=dict(state.arrived_total),
+        consecutive_failures=dict(state.consecutive_failures),
     )

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,7 @@ class Service:
         self.scheduler = Scheduler(self.store, max_concurrency=max_concurrency, scheduled=scheduled)
         self._config: Config | None = None
         self._reload_ok = False
+        self._reload_success_time: float | None = None
         self._lock = threading.Lock()
 
     @property
@@ -70,6 +72,11 @@ class Service:
     @property
     def reload_ok(self) -> bool:
         return self._reload_ok
+
+    @property
+    def reload_success_time(self) -> float | None:
+        """Unix time the config last loaded successfully (start-up or reload)."""
+        return self._reload_success_time
 
     def start(self, config: Config) -> None:
         self._adopt(config)
@@ -101,6 +108,7 @@ class Service:
         self.scheduler.apply(config)
         self._config = config
         self._reload_ok = True
+        self._reload_success_time = time.time()
 
     def stop(self) -> None:
         self.scheduler.stop()

@@ -51,6 +51,8 @@ class ExporterApp:
             lambda: service.config,
             lambda: service.reload_ok,
             registry=process_registry,
+            scheduled=service.scheduler.scheduled,
+            reload_success_time=lambda: service.reload_success_time,
         )
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -100,7 +102,7 @@ class ExporterApp:
             self.service.scheduler.run_now(name, deadline)
         one = dataclasses.replace(config, mailboxes=(mailbox,))
         text = MetricsText(
-            self.service.store, lambda: one, lambda: True, exporter_metrics=False
+            self.service.store, lambda: one, lambda: True, exporter_metrics=False, scheduled=False
         ).render()
         return self._reply(start_response, "200 OK", text, CONTENT_TYPE)
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import platform
+import subprocess
 import time
 from pathlib import Path
 
-from tests.conftest import check_json, results_by_check, run_cli, write_config
+from tests.conftest import ROOT, check_json, results_by_check, run_cli, write_config
 from tests.content import seed_standard
 
 CORE_CHECKS = ["token", "imap_login", "inbox", "oversized", "junk"]
@@ -109,8 +111,20 @@ def test_metrics_show_every_core_metric(
     tls_expiry = v("o365_mailbox_tls_certificate_expiry_timestamp_seconds", **box, endpoint="imap")
     assert tls_expiry is not None and tls_expiry > time.time() + 86400
     assert v("o365_mailbox_folder_arrived_messages_total", **inbox) == 0.0
-    assert v("o365_mailbox_exporter_build_info", version="0.1.0") == 1.0
+    build = [labels for name, labels in m if name == "o365_mailbox_exporter_build_info"]
+    assert len(build) == 1
+    build_labels = dict(build[0])
+    assert build_labels["version"] == "0.1.0"
+    assert build_labels["python_version"] == platform.python_version()
+    assert build_labels["revision"] == subprocess.run(
+        ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
     assert v("o365_mailbox_exporter_config_last_reload_successful") == 1.0
+    reloaded = v("o365_mailbox_exporter_config_last_reload_success_timestamp_seconds")
+    assert reloaded is not None and time.time() - 120 < reloaded <= time.time()
+    assert v("o365_mailbox_check_interval_seconds", **box) == 2.0
+    for check in ("token", "imap_login", "inbox", "oversized", "junk"):
+        assert v("o365_mailbox_check_consecutive_failures", **box, check=check) == 0.0
     assert not any(name == "o365_mailbox_check_failures_total" for name, _ in m)
 
     status, page = exporter.get("/")

@@ -66,3 +66,31 @@ def test_render_is_valid_fresh_and_forgets_removed_mailboxes():
     assert b'mailbox="b\\"q"' not in third
     assert all(f"# TYPE {name}" in third.decode() for name in ("o365_mailbox_up",))
     assert len(list(text_string_to_metric_families(third.decode()))) == len(FAMILIES)
+
+
+def test_consecutive_failures_count_failed_runs_in_a_row_and_go_with_their_check():
+    store = ResultStore()
+    config = Config(Path("c.yml"), Path("state"), (_mailbox("a"),))
+    text = MetricsText(store, lambda: config, lambda: True, reload_success_time=lambda: 1234.5)
+    labels = frozenset({("mailbox", "a"), ("check", "token")})
+    for ended in (1000.0, 1060.0, 1120.0):
+        store.record("a", CheckResult("token", False, 0.1, ended, Failure("timeout")))
+    samples = _samples(text.render())
+    assert samples[("o365_mailbox_check_consecutive_failures", labels)] == 3.0
+    assert samples[("o365_mailbox_check_interval_seconds", frozenset({("mailbox", "a")}))] == 60.0
+    reloaded = ("o365_mailbox_exporter_config_last_reload_success_timestamp_seconds", frozenset())
+    assert samples[reloaded] == 1234.5
+    store.record("a", CheckResult("token", True, 0.1, 1180.0))
+    assert _samples(text.render())[("o365_mailbox_check_consecutive_failures", labels)] == 0.0
+    store.record("a", CheckResult("token", False, 0.1, 1240.0, Failure("timeout")))
+    assert _samples(text.render())[("o365_mailbox_check_consecutive_failures", labels)] == 1.0
+    store.retain({"a"}, {"a": ("imap_login",)})
+    assert ("o365_mailbox_check_consecutive_failures", labels) not in _samples(text.render())
+
+
+def test_probe_only_mode_has_no_interval():
+    store = ResultStore()
+    config = Config(Path("c.yml"), Path("state"), (_mailbox("a"),))
+    store.record("a", CheckResult("token", True, 0.1, 1000.0))
+    samples = _samples(MetricsText(store, lambda: config, lambda: True, scheduled=False).render())
+    assert not any(name == "o365_mailbox_check_interval_seconds" for name, _ in samples)
