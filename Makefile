@@ -1,7 +1,7 @@
 # The two commands a newcomer needs: `make demo` and `make test`.
 PYTHON ?= python3
 
-.PHONY: demo test deps lint
+.PHONY: demo test test-floors deps lint
 
 deps:
 	./scripts/install-deps
@@ -11,6 +11,10 @@ demo: deps
 
 test: deps
 	$(PYTHON) -m pytest -q
+
+# The core real-peer tests with every runtime dependency at its declared floor (throwaway venv).
+test-floors: deps
+	PYTHON=$(PYTHON) ./scripts/test-floors
 
 lint:
 	ruff check exporter tests
