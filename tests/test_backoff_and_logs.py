@@ -116,6 +116,37 @@ def test_scrub_removes_tokens_but_keeps_words():
     )
 
 
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "Abc8Q~xyzDEFghiJKLmnoPQRstuVWXyz0123456.7_-",  # an Entra ID client secret's shape
+        "Zm9vYmFyYmF6cXV4/abcDEF+ghiJKL09876/54321abcdEF==",  # standard base64
+        "0.AXoA6WgJ~NpTq/9dz+xY-_abcdefghijklmnopqrstuvwxyz0123",
+    ],
+)
+def test_scrub_redacts_secrets_with_tilde_and_slash(secret):
+    text = f"AADSTS7000215: Invalid client secret provided: {secret}. Trace ID: 1"
+    scrubbed = scrub(text)
+    assert secret not in scrubbed
+    assert scrubbed == "AADSTS7000215: Invalid client secret provided: <redacted> Trace ID: 1"
+
+
+def test_scrub_keeps_urls_and_paths_but_not_tokens_inside_them():
+    url = "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+    path = "/var/lib/o365-mailbox-exporter/state/tokens/servicedesk-fabrikam.json"
+    token = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9eyJvaWQiOiIxMjM0NTY3ODkwIn0"
+    assert scrub(f"POST {url} failed; cache {path}") == f"POST {url} failed; cache {path}"
+    assert scrub(f"{url}?assertion={token}") == f"{url}?<redacted>"
+
+
+def test_quoted_server_text_is_cut_at_300_characters():
+    failure = classify_token_error(
+        {"error": "invalid_grant", "error_description": "AADSTS50126: " + "x " * 400}, 400
+    )
+    assert (failure.reason, failure.code) == ("invalid_grant", "50126")
+    assert len(failure.message) <= 303 and failure.message.endswith("...")
+
+
 def _record(**extra: object) -> logging.LogRecord:
     record = logging.LogRecord("exporter.scheduler", logging.WARNING, __file__, 1,
                                "check failed", (), None)

@@ -78,6 +78,16 @@ def test_second_replica_and_cli_honour_the_recorded_backoff(
     assert "next sign-in attempt at" in out and "--force" in out
     assert entra.attempts(username=mailbox.upn, grant_type="password") == 1
 
+    # So do `doctor` and `login` (a device-code sign-in for a password-flow mailbox).
+    code, out, _err = run_cli(capsys, "doctor", f"--config.file={config}", "--mailbox=replicas")
+    assert code == 1
+    assert "Broken step: token (password) (backoff 50126)" in out
+    assert "next sign-in attempt at" in out and "--force" in out
+    code, _out, err = run_cli(capsys, "login", f"--config.file={config}", "--mailbox=replicas")
+    assert code == 1
+    assert "sign-in held back" in err and "next sign-in attempt at" in err and "--force" in err
+    assert entra.attempts(username=mailbox.upn) == 1  # neither asked Entra ID
+
     # --force tries anyway (and the wrong password fails again).
     code, document = check_json(capsys, config, "--force")
     assert code == 1

@@ -158,3 +158,51 @@ def test_replicas_run_and_cache_only_their_own_mailboxes(
         for name in owned:
             seen[name] = seen.get(name, 0) + 1
     assert seen == {m.name: 1 for m in mailboxes}
+
+
+def test_probe_runs_take_a_concurrency_slot(make_mailbox, entra, dovecot, ca, tmp_path):
+    """/probe runs count against --checks.max-concurrency: with one slot held by a hung run,
+    a second mailbox's probe does not open a second IMAP session; it gives up at its
+    deadline, and runs once the slot is free."""
+    import threading
+
+    from exporter.config import load_config
+    from exporter.results import ResultStore
+    from exporter.scheduler import Scheduler
+    from tests.content import seed_standard
+    from tests.faults.imap_proxy import ImapFaultProxy
+
+    proxy = ImapFaultProxy(ca, "127.0.0.1", dovecot.port).start()
+    try:
+        imap = {"host": "127.0.0.1", "port": proxy.port}
+        hung, other = make_mailbox("hung", imap=imap), make_mailbox("other", imap=imap)
+        seed_standard(dovecot, hung.upn)  # messages, so that the inbox check FETCHes
+        config = load_config(write_config(tmp_path, entra, dovecot, [hung, other],
+                                          interval="60s", timeout="3s"))
+        store = ResultStore()
+        scheduler = Scheduler(store, max_concurrency=1, scheduled=False)
+        scheduler.apply(config)
+        proxy.set_fault("hang", command="FETCH")
+        first = threading.Thread(
+            target=scheduler.run_now, args=("hung", time.monotonic() + 20), daemon=True
+        )
+        first.start()
+        end = time.monotonic() + 10
+        while time.monotonic() < end and proxy.accepted < 1:
+            time.sleep(0.02)
+        assert proxy.accepted == 1
+
+        started = time.monotonic()
+        assert scheduler.run_now("other", started + 1.0) is True
+        assert time.monotonic() - started < 1.5
+        assert proxy.accepted == 1  # no second session while the slot was taken
+        assert store.snapshot_of("other") is None
+
+        first.join(10)
+        proxy.set_fault("pass")
+        assert scheduler.run_now("other", time.monotonic() + 10) is True
+        latest = store.latest("other", "imap_login")
+        assert latest is not None and latest.success
+        scheduler.stop()
+    finally:
+        proxy.stop()
