@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import heapq
 import logging
-import random
 import ssl
 import threading
 import time
@@ -205,8 +204,3 @@ class MailboxRunner:
 def runnable_checks(mailbox: MailboxConfig) -> tuple[str, ...]:
     """The mailbox's enabled checks that this release implements."""
     return tuple(name for name in mailbox.checks if name in CHECKS)
-
-
-def jitter(interval: float, rng: random.Random | None = None) -> float:
-    """A start offset of at most a tenth of the interval."""
-    return (rng or random).uniform(0.0, interval / 10.0)

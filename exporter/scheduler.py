@@ -1,4 +1,4 @@
-"""Per-mailbox schedules: interval with jitter, bounded concurrency, no overlapping runs.
+"""Per-mailbox schedules: first runs spread by name, bounded concurrency, no overlapping runs.
 
 One thread keeps a heap of due times and hands due mailboxes to a thread pool. A mailbox whose
 previous run is still going is not started again (no duplicate scheduling); a hung mailbox
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import heapq
 import logging
-import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 
 from exporter.config import Config, MailboxConfig
 from exporter.results import CheckResult, ResultStore
-from exporter.runner import MailboxRunner, Watchdog, jitter, runnable_checks
+from exporter.runner import MailboxRunner, Watchdog, runnable_checks
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +28,8 @@ class _Entry:
     first_due: bool = True  # its first run has not started yet
 
 
+# After a start or reload, first runs start at most this many per second.
+FIRST_RUNS_PER_SECOND = 10.0
 # How often a mailbox whose config changed looks again whether the old config's run has ended.
 _WAIT_FOR_OLD_RUN = 0.05
 
@@ -52,7 +53,6 @@ class Scheduler:
         self._cond = threading.Condition()
         self._stopping = False
         self._generation = 0
-        self._rng = random.Random()  # noqa: S311 - jitter, not cryptography
         self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
 
     def start(self) -> None:
@@ -74,7 +74,8 @@ class Scheduler:
                 if name not in wanted:
                     del self._entries[name]
             now = time.monotonic()
-            for name, mailbox in wanted.items():
+            starting = 0
+            for name, mailbox in sorted(wanted.items()):
                 entry = self._entries.get(name)
                 if (
                     entry is not None
@@ -86,7 +87,11 @@ class Scheduler:
                 runner = MailboxRunner(mailbox, config.state_dir, self.watchdog)
                 self._entries[name] = _Entry(runner, self._generation)
                 if self.scheduled:
-                    due = now + jitter(mailbox.interval, self._rng)
+                    # First runs in a stable order by name, at most FIRST_RUNS_PER_SECOND: 1,000
+                    # password sign-ins from one address within seconds is what Entra ID
+                    # throttles. Later runs keep the phase this gives them.
+                    due = now + starting / FIRST_RUNS_PER_SECOND
+                    starting += 1
                     heapq.heappush(self._heap, (due, self._generation, name))
             self.store.retain(set(wanted), {m.name: runnable_checks(m) for m in config.mailboxes})
             self._cond.notify()

@@ -23,7 +23,7 @@ def test_restart_loop_with_a_wrong_password_signs_in_once(
 ):
     mailbox = make_mailbox("crashloop")
     mailbox.set_password_file("wrong-password")
-    # 10 s interval: the first run starts within a second of each start (jitter <= 1 s).
+    # 10 s interval; the one mailbox's first run starts at once after each start.
     config = write_config(tmp_path, entra, dovecot, [mailbox], interval="10s", timeout="2s")
     entra.reset_counters()
 
