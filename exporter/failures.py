@@ -7,7 +7,9 @@ in the words of the Entra ID / Exchange Online setup.
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
 import socket
 import ssl
 from dataclasses import dataclass
@@ -32,6 +34,20 @@ REASONS = (
 
 # Credential failures: retried only with exponential backoff (the Smart Lockout guard).
 CREDENTIAL_REASONS = frozenset({"invalid_grant", "invalid_client", "auth_rejected"})
+
+# A command in a hint is written in backquotes as `o365-mailbox-exporter SUBCOMMAND [OPTIONS]`;
+# `pasteable()` adds the --config.file (and --mailbox) in use, so the hint can be pasted. Texts
+# stay readable where nobody knows the config file (a record in the state directory).
+PROGRAM = "o365-mailbox-exporter"
+
+DEVICE_CODE_EXPIRED_HINT = (
+    "The device code expired before the sign-in was approved (a code is valid for about 15 "
+    "minutes): run `o365-mailbox-exporter login` again and enter the new code right away."
+)
+DEVICE_CODE_DECLINED_HINT = (
+    "The sign-in was declined in the browser: run `o365-mailbox-exporter login` again and "
+    "approve it, signed in as the mailbox's user."
+)
 
 # AADSTS code -> (reason, hint). From ../shared/FACTS.md.
 AADSTS: dict[int, tuple[str, str]] = {
@@ -64,7 +80,7 @@ AADSTS: dict[int, tuple[str, str]] = {
     50076: (
         "interaction_required",
         "MFA is required: exclude the account from the policy, or move to device_code "
-        "(run `login`) or an app-only flow.",
+        "(then run `o365-mailbox-exporter login`) or an app-only flow.",
     ),
     50079: (
         "interaction_required",
@@ -92,13 +108,27 @@ AADSTS: dict[int, tuple[str, str]] = {
     ),
     700082: (
         "invalid_grant",
-        "The refresh token expired after 90 days without use: sign in again (`login`).",
+        "The refresh token expired after 90 days without use: sign in again: run "
+        "`o365-mailbox-exporter login`.",
     ),
     50173: (
         "invalid_grant",
-        "The grant was revoked (password changed or reset): sign in again (`login`) or update "
-        "the password file.",
+        "The grant was revoked (password changed or reset): sign in again (run "
+        "`o365-mailbox-exporter login`) or update the password file.",
     ),
+    # The device-code flow (`login`): MSAL stops polling when the code's lifetime is over and
+    # returns the last answer, "authorization pending" (70016); Entra ID answers a code used
+    # after its lifetime with 70019.
+    70016: ("interaction_required", DEVICE_CODE_EXPIRED_HINT),
+    70019: ("interaction_required", DEVICE_CODE_EXPIRED_HINT),
+}
+
+# Device-code answers without a known AADSTS code, by their OAuth `error` (RFC 8628 3.5).
+DEVICE_CODE_ERRORS: dict[str, str] = {
+    "expired_token": DEVICE_CODE_EXPIRED_HINT,
+    "code_expired": DEVICE_CODE_EXPIRED_HINT,
+    "authorization_declined": DEVICE_CODE_DECLINED_HINT,
+    "access_denied": DEVICE_CODE_DECLINED_HINT,
 }
 
 # OAuth2 `error` field -> reason, for codes we do not know.
@@ -126,12 +156,14 @@ REASON_HINTS: dict[str, str] = {
     "timeout": "The server did not answer in time: check the network path and the timeout.",
     "connection": "Could not connect: check host, port, DNS and firewalls.",
     "tls": "TLS failed: check the server name and ca_file.",
-    "protocol": "The server answered something unexpected: run `check` with --log.level=debug.",
+    "protocol": "The server answered something unexpected: run "
+    "`o365-mailbox-exporter check --log.level=debug` and read its log lines.",
     "folder_missing": "The folder does not exist: check `folders` in the config.",
     "dependency": "An earlier check failed; fix that one first.",
     "backoff": "Waiting before the next sign-in after a credential failure (Smart Lockout guard); "
     "changing the secret file or the config retries at once.",
-    "unknown": "Unexpected failure: run `check` for details.",
+    "unknown": "Unexpected failure: run `o365-mailbox-exporter doctor` to walk the sign-in "
+    "step by step.",
 }
 
 _AADSTS_RE = re.compile(r"AADSTS(\d+)")
@@ -142,6 +174,7 @@ _AADSTS_RE = re.compile(r"AADSTS(\d+)")
 _LONG_RUN = r"[A-Za-z0-9_\-.+=~/]{40,}"
 _SECRET_SEGMENT_RE = re.compile(r"[A-Za-z0-9_\-.+=~]{40,}")
 _SCRUB_RE = re.compile(
+    r"(?P<key>\b[a-z_][a-z0-9_]{0,31}=)(?=/)|"  # logfmt's `path=/var/lib/...`: the path stays
     r"(?P<path>(?:[A-Za-z][A-Za-z0-9+.\-]*:/)?/[A-Za-z0-9_\-.+=~/%:@?&#]*)|(?P<run>"
     + _LONG_RUN
     + ")"
@@ -149,6 +182,8 @@ _SCRUB_RE = re.compile(
 
 
 def _scrub_match(match: re.Match[str]) -> str:
+    if match.group("key") is not None:
+        return match.group("key")
     path = match.group("path")
     if path is not None:
         return _SECRET_SEGMENT_RE.sub(REDACTED, path)
@@ -189,6 +224,49 @@ def hint_for(reason: str, code: str = "") -> str:
     return REASON_HINTS.get(reason, REASON_HINTS["unknown"])
 
 
+_COMMAND_RE = re.compile(rf"`{PROGRAM} (?P<command>[a-z][a-z-]*)(?P<rest>[^`]*)`")
+# Subcommands that read the config, and those that take --mailbox.
+_CONFIG_COMMANDS = frozenset({"check", "login", "doctor", "junk-review", "oversized"})
+
+
+def command_line(
+    command: str,
+    config_file: str | os.PathLike[str] | None,
+    mailbox: str | None = None,
+    rest: str = "",
+) -> str:
+    """`o365-mailbox-exporter COMMAND --config.file=F --mailbox NAME REST`, quoted for a POSIX
+    shell. The config path is made absolute, so the line works from any directory."""
+    words = [PROGRAM, command]
+    if config_file is not None and command in _CONFIG_COMMANDS and "--config.file" not in rest:
+        words.append("--config.file=" + shlex.quote(os.path.abspath(os.fspath(config_file))))
+    if mailbox and command in _CONFIG_COMMANDS and "--mailbox" not in rest:
+        words += ["--mailbox", shlex.quote(mailbox)]
+    return " ".join(words) + rest
+
+
+def pasteable(
+    hint: str, config_file: str | os.PathLike[str] | None, mailbox: str | None = None
+) -> str:
+    """`hint` with every `o365-mailbox-exporter COMMAND ...` in it completed with the
+    --config.file and --mailbox in use (see `command_line`). Idempotent."""
+    if config_file is None and mailbox is None:
+        return hint
+
+    def complete(match: re.Match[str]) -> str:
+        return f"`{command_line(match['command'], config_file, mailbox, match['rest'])}`"
+
+    return _COMMAND_RE.sub(complete, hint)
+
+
+def force_hint(command: str) -> str:
+    """What a held-back sign-in's hint adds in `check`, `doctor` and `login`."""
+    return (
+        f"To try now anyway, run `{PROGRAM} {command} --force` (every wrong password counts "
+        "toward Entra ID Smart Lockout)."
+    )
+
+
 class CheckFailed(Exception):
     """Raised inside a check; the runner turns it into a failed result."""
 
@@ -219,6 +297,8 @@ def classify_token_error(
     suberror = str(error.get("suberror", ""))
     if code is not None and code in AADSTS:
         reason, hint = AADSTS[code]
+    elif oauth_error in DEVICE_CODE_ERRORS:
+        reason, hint = "interaction_required", DEVICE_CODE_ERRORS[oauth_error]
     elif http_status == 429:
         reason, hint = "throttled", REASON_HINTS["throttled"]
     elif suberror in _OAUTH_ERRORS:

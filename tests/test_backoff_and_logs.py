@@ -128,6 +128,8 @@ def test_scrub_keeps_urls_and_paths_but_not_tokens_inside_them():
     token = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9eyJvaWQiOiIxMjM0NTY3ODkwIn0"
     assert scrub(f"POST {url} failed; cache {path}") == f"POST {url} failed; cache {path}"
     assert scrub(f"{url}?assertion={token}") == f"{url}?<redacted>"
+    line = f'level=warn msg="backoff record is corrupt; set aside" path={path}.corrupt-1764000000'
+    assert scrub(line) == line  # logfmt's unquoted key=/path value stays readable
 
 
 def test_quoted_server_text_is_cut_at_300_characters():
