@@ -185,9 +185,15 @@ def _scrub_match(match: re.Match[str]) -> str:
     if match.group("key") is not None:
         return match.group("key")
     path = match.group("path")
-    if path is not None:
-        return _SECRET_SEGMENT_RE.sub(REDACTED, path)
+    if path is not None:  # in a URL or path only mixed-case runs with digits look like tokens
+        return _SECRET_SEGMENT_RE.sub(_tokenish_segment, path)
     return REDACTED
+
+
+def _tokenish_segment(match: re.Match[str]) -> str:
+    run = match.group(0)
+    mixed = any(c.isupper() for c in run) and any(c.islower() for c in run)
+    return REDACTED if mixed and any(c.isdigit() for c in run) else run
 
 
 REDACTED = "<redacted>"
