@@ -14,10 +14,12 @@ o365-mailbox-exporter import-esm PROPERTIES_FILE [--name NAME] [--password-file 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import signal
 import sys
+import textwrap
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +32,8 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from exporter import __version__
 from exporter.admin import doctor, esm_import, junk_review, oversized
-from exporter.backoff import FORCE_HINT, BackoffStore, secret_key
+from exporter.auth import DeviceCodePrompt, WrongAccountError
+from exporter.backoff import BackoffStore, secret_key
 from exporter.checks import (
     FolderMeasurement,
     JunkReviewMeasurement,
@@ -41,7 +44,7 @@ from exporter.checks import (
 )
 from exporter.config import Config, MailboxConfig, load_config
 from exporter.errors import ConfigError, ExporterError
-from exporter.failures import CheckFailed, Failure
+from exporter.failures import CheckFailed, Failure, force_hint, pasteable
 from exporter.logs import LEVELS, setup_logging
 from exporter.results import CheckResult
 from exporter.runner import MailboxRunner, Watchdog
@@ -53,7 +56,90 @@ log = logging.getLogger("exporter")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 ADMIN_COMMANDS = ("junk-review", "oversized", "doctor")
-COMMANDS = ("serve", "check", "login", *ADMIN_COMMANDS, "import-esm")
+PROG = "o365-mailbox-exporter"
+
+
+@dataclass(frozen=True, slots=True)
+class CommandHelp:
+    summary: str  # the one line `--help` lists
+    description: str
+    examples: tuple[str, ...]
+
+
+# Every subcommand, in the order `--help` lists them. `serve` is the default command.
+COMMAND_HELP: dict[str, CommandHelp] = {
+    "serve": CommandHelp(
+        "run the checks on their schedule and serve /metrics (the default command)",
+        "Run every enabled check of every mailbox on its interval and serve the results on "
+        "/metrics, a landing page on /, /-/healthy, /-/ready and POST /-/reload (SIGHUP "
+        "reloads too). With --config.check: validate the config file and exit.",
+        (
+            f"{PROG} --config.file=/etc/o365-mailbox-exporter/config.yml",
+            f"{PROG} --config.check --config.file=config.yml",
+            f"{PROG} --config.file=config.yml --web.listen-address=127.0.0.1:9865",
+        ),
+    ),
+    "check": CommandHelp(
+        "run every enabled check once and print the results with what to do",
+        "Run every enabled check once (all mailboxes, or one) and print each result, and for "
+        "each failure a hint you can act on. Exit 0 when all passed, 1 when a check failed, "
+        "2 on a usage or config error.",
+        (
+            f"{PROG} check --config.file=config.yml",
+            f"{PROG} check --config.file=config.yml --mailbox servicedesk --output json",
+        ),
+    ),
+    "login": CommandHelp(
+        "sign a mailbox in with a device code (MFA accounts) and seed its token cache",
+        "Start a device-code sign-in: open the URL it prints in a browser, enter the code and "
+        "sign in as the mailbox's username (a private window keeps your own account out). "
+        "The refresh token goes into the token cache in state_dir; another account is refused.",
+        (f"{PROG} login --config.file=config.yml --mailbox servicedesk",),
+    ),
+    "junk-review": CommandHelp(
+        "list the Junk folder for the weekly review; record it, rescue messages",
+        "List the Junk folder's messages with their spam verdicts, likely false positives "
+        "first. --ack records the review; --rescue moves messages back to the inbox (with "
+        "--yes).",
+        (
+            f"{PROG} junk-review --config.file=config.yml --mailbox servicedesk",
+            f"{PROG} junk-review --config.file=config.yml --mailbox servicedesk --output html "
+            "> review.html",
+            f"{PROG} junk-review --config.file=config.yml --mailbox servicedesk --ack",
+            f"{PROG} junk-review --config.file=config.yml --mailbox servicedesk "
+            "--rescue 12,15 --yes",
+        ),
+    ),
+    "oversized": CommandHelp(
+        "list inbox messages over oversized_bytes; move them out of the way",
+        "List the inbox's messages larger than the mailbox's oversized_bytes; --move-to moves "
+        "them to another folder (created if missing; with --yes).",
+        (
+            f"{PROG} oversized --config.file=config.yml --mailbox servicedesk",
+            f"{PROG} oversized --config.file=config.yml --mailbox servicedesk "
+            "--move-to Oversized --yes",
+        ),
+    ),
+    "doctor": CommandHelp(
+        "walk a mailbox's sign-in step by step and name the first broken step",
+        "Check the secret, the authority, the token and its claims, IMAP TLS, login, the "
+        "folders and SMTP one step at a time; at the first broken step, say what is wrong and "
+        "how to fix it in the words of the Entra ID / Exchange Online setup. Changes nothing.",
+        (f"{PROG} doctor --config.file=config.yml --mailbox servicedesk",),
+    ),
+    "import-esm": CommandHelp(
+        "turn ESM mail settings (a .properties file) into a config snippet",
+        "Read Efecte ESM platform settings or mail-task properties and print the matching "
+        "mailbox config as YAML; a malformed value is reported as FILE:LINE: KEY: PROBLEM. "
+        "Passwords are never copied.",
+        (
+            f"{PROG} import-esm esm-mail.properties",
+            f"{PROG} import-esm esm-mail.properties --name servicedesk "
+            "--password-file /run/secrets/servicedesk > servicedesk.yml",
+        ),
+    ),
+}
+COMMANDS = tuple(COMMAND_HELP)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,22 +149,57 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+def _description(command: str) -> str:
+    about = COMMAND_HELP[command].description
+    if command != "serve":
+        return textwrap.fill(about, width=80)
+    width = max(len(name) for name in COMMANDS)
+    return "\n".join(
+        [
+            "Prometheus exporter for Microsoft 365 service-desk mailboxes.",
+            "",
+            "commands:",
+            *(f"  {name.ljust(width)}  {h.summary}" for name, h in COMMAND_HELP.items()),
+            "",
+            f"Run `{PROG} COMMAND --help` for a command's options and examples.",
+            "",
+            "serve:",
+            textwrap.fill(about, width=80, initial_indent="  ", subsequent_indent="  "),
+        ]
+    )
+
+
 def build_parser(command: str) -> argparse.ArgumentParser:
     parser = _Parser(
-        prog=f"o365-mailbox-exporter {command}" if command != "serve" else "o365-mailbox-exporter",
-        description="Prometheus exporter for Microsoft 365 service-desk mailboxes.",
+        prog=f"{PROG} {command}" if command != "serve" else PROG,
+        usage=(
+            f"{PROG} [serve] --config.file=FILE [OPTIONS]\n       {PROG} COMMAND [OPTIONS]"
+            if command == "serve"
+            else None
+        ),
+        description=_description(command),
+        epilog="\n".join(["examples:", *(f"  {line}" for line in COMMAND_HELP[command].examples)]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     if command != "import-esm":  # the one command that reads no config
-        parser.add_argument("--config.file", dest="config_file", required=True, metavar="FILE")
-    parser.add_argument("--log.level", dest="log_level", choices=LEVELS, default="info")
+        parser.add_argument(
+            "--config.file", dest="config_file", required=True, metavar="FILE",
+            help="the exporter's config file (YAML)",
+        )  # fmt: skip
     parser.add_argument(
-        "--log.format", dest="log_format", choices=("logfmt", "json"), default="logfmt"
-    )
+        "--log.level", dest="log_level", choices=LEVELS, default="info",
+        help="log lines at this level and above go to stderr (default info)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--log.format", dest="log_format", choices=("logfmt", "json"), default="logfmt",
+        help="log line format (default logfmt)",
+    )  # fmt: skip
     parser.add_argument("--version", action="version", version=__version__)
     if command == "serve":
         parser.add_argument(
-            "--web.listen-address", dest="listen", default=":9865", metavar="HOST:PORT"
-        )
+            "--web.listen-address", dest="listen", default=":9865", metavar="HOST:PORT",
+            help="where to serve HTTP (default :9865)",
+        )  # fmt: skip
         parser.add_argument(
             "--config.check",
             dest="config_check",
@@ -111,10 +232,15 @@ def build_parser(command: str) -> argparse.ArgumentParser:
             help="run no schedule; run a mailbox's checks when /probe?mailbox=NAME asks",
         )
     if command == "check":
-        parser.add_argument("--mailbox", metavar="NAME")
-        parser.add_argument("--output", choices=("table", "json"), default="table")
+        parser.add_argument("--mailbox", metavar="NAME", help="only this mailbox")
+        parser.add_argument(
+            "--output", choices=("table", "json"), default="table",
+            help="table for people, json for scripts (stdout holds only the JSON)",
+        )  # fmt: skip
     if command == "login":
-        parser.add_argument("--mailbox", metavar="NAME", required=True)
+        parser.add_argument(
+            "--mailbox", metavar="NAME", required=True, help="the mailbox to sign in"
+        )
     if command in ("check", "login", "doctor"):
         parser.add_argument(
             "--force",
@@ -123,6 +249,24 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         )
     _add_admin_arguments(parser, command)
     return parser
+
+
+def _split_command(args: list[str]) -> tuple[str, list[str]] | None:
+    """The subcommand (serve when the first word is an option) and its arguments. A first word
+    that is no command is a usage error that names the nearest command (None)."""
+    if not args or args[0].startswith("-"):
+        return "serve", args
+    word = args[0]
+    if word in COMMANDS:
+        return word, args[1:]
+    if word == "help":  # `o365-mailbox-exporter help [COMMAND]`
+        topic = args[1] if len(args) > 1 and args[1] in COMMANDS else "serve"
+        return topic, ["--help"]
+    close = difflib.get_close_matches(word, COMMANDS, n=1, cutoff=0.5)
+    suggestion = f"did you mean '{close[0]}'?" if close else f"commands: {', '.join(COMMANDS)}"
+    print(f"{PROG}: error: unknown command '{word}'; {suggestion}", file=sys.stderr)
+    print(f"Run `{PROG} --help` for the list of commands.", file=sys.stderr)
+    return None
 
 
 def _uid_list(text: str) -> tuple[int, ...]:
@@ -166,10 +310,10 @@ def _add_admin_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    command = "serve"
-    if args_list and args_list[0] in COMMANDS:
-        command = args_list.pop(0)
+    split = _split_command(list(sys.argv[1:] if argv is None else argv))
+    if split is None:
+        return EXIT_USAGE
+    command, args_list = split
     args = build_parser(command).parse_args(args_list)
     setup_logging(args.log_level, args.log_format)
     if command == "import-esm":
@@ -257,13 +401,16 @@ def run_check(config: Config, mailbox_name: str | None, output: str, force: bool
         document = {
             "success": passed,
             "mailboxes": [
-                {"mailbox": m.name, "checks": [_result_json(r) for r in results]}
+                {
+                    "mailbox": m.name,
+                    "checks": [_result_json(r, config.path, m.name) for r in results],
+                }
                 for m, results in outcomes
             ],
         }
         print(json.dumps(document, indent=2))
     else:
-        print(_table(outcomes))
+        print(_table(outcomes, config.path))
     return EXIT_OK if passed else EXIT_FAILED
 
 
@@ -293,7 +440,7 @@ def _measurement_json(m: Measurement) -> dict[str, Any]:
     return {"credential_expiry_timestamp_seconds": {m.kind: round(m.expires_at)}}
 
 
-def _result_json(result: CheckResult) -> dict[str, Any]:
+def _result_json(result: CheckResult, config_file: Path, mailbox: str) -> dict[str, Any]:
     failure = result.failure
     return {
         "check": result.check,
@@ -302,15 +449,17 @@ def _result_json(result: CheckResult) -> dict[str, Any]:
         "reason": failure.reason if failure else None,
         "code": failure.code if failure else None,
         "message": failure.message if failure else None,
-        "hint": _hint(failure) if failure else None,
+        "hint": _hint(failure, config_file, mailbox) if failure else None,
     } | {key: value for m in result.measurements for key, value in _measurement_json(m).items()}
 
 
-def _hint(failure: Failure) -> str:
-    """The failure's remediation; a held-back sign-in also says how to try now."""
+def _hint(failure: Failure, config_file: Path, mailbox: str, command: str = "check") -> str:
+    """The failure's remediation, its commands completed with the config file and mailbox in
+    use; a held-back sign-in also says how to try now."""
+    hint = failure.remediation
     if failure.reason == "backoff":
-        return f"{failure.remediation} {FORCE_HINT}"
-    return failure.remediation
+        hint = f"{hint} {force_hint(command)}"
+    return pasteable(hint, config_file, mailbox)
 
 
 def _iso(timestamp: float | None) -> str:
@@ -340,7 +489,7 @@ def _summary(result: CheckResult) -> str:
     return "; ".join(_summary_of(m) for m in result.measurements)
 
 
-def _table(outcomes: list[tuple[MailboxConfig, list[CheckResult]]]) -> str:
+def _table(outcomes: list[tuple[MailboxConfig, list[CheckResult]]], config_file: Path) -> str:
     rows = [("MAILBOX", "CHECK", "RESULT", "TIME", "DETAIL")]
     hints: list[str] = []
     for mailbox, results in outcomes:
@@ -351,7 +500,8 @@ def _table(outcomes: list[tuple[MailboxConfig, list[CheckResult]]]) -> str:
                 code = f" {r.failure.code}" if r.failure.code else ""
                 verdict, detail = f"FAIL {r.failure.reason}{code}", r.failure.message
                 if r.failure.reason != "dependency":
-                    hints.append(f"{mailbox.name}/{r.check}: {_hint(r.failure)}")
+                    hint = _hint(r.failure, config_file, mailbox.name)
+                    hints.append(f"{mailbox.name}/{r.check}: {hint}")
             rows.append(
                 (mailbox.name, r.check, verdict, f"{r.duration_seconds * 1000:.0f}ms", detail)
             )
@@ -382,28 +532,49 @@ def run_login(config: Config, mailbox_name: str, force: bool = False) -> int:
     if mailbox.auth.flow == "password" and not force:
         held = backoff.holds_back("token", time.time(), secret_key(mailbox))
         if held is not None:
-            print(
-                f"sign-in held back: {held.message}\nhint: {held.remediation} {FORCE_HINT}",
-                file=sys.stderr,
-            )
+            hint = _hint(held, config.path, mailbox.name, command="login")
+            print(f"sign-in held back: {held.message}\nhint: {hint}", file=sys.stderr)
             return EXIT_FAILED
     runner = MailboxRunner(mailbox, config.state_dir, Watchdog())
+    print(
+        f"Sign in as {mailbox.username} (mailbox {mailbox.name}); a private browser window "
+        "keeps your own account out of it.",
+        flush=True,
+    )
     try:
-        token = runner.auth.device_code_login(lambda text: print(text, flush=True))
+        login = runner.auth.device_code_login(_show_device_code)
+    except WrongAccountError as err:
+        print(
+            f"sign-in refused: {err.failure.message}\n"
+            f"hint: {_hint(err.failure, config.path, mailbox.name, command='login')}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     except CheckFailed as err:
         failure = err.failure
+        code = f" {failure.code}" if failure.code else ""
         print(
-            f"sign-in failed: {failure.reason} {failure.code} {failure.message}\n"
-            f"hint: {failure.remediation}",
+            f"sign-in failed: {failure.reason}{code}: {failure.message}\n"
+            f"hint: {_hint(failure, config.path, mailbox.name, command='login')}",
             file=sys.stderr,
         )
         return EXIT_FAILED
     backoff.clear()  # a fresh grant is in the cache: the next run refreshes it
     print(
-        f"Signed in as {mailbox.username}; token cache seeded "
-        f"(access token valid until {_iso(token.expires_at)})."
+        f"Signed in as {login.username}; token cache seeded "
+        f"(access token valid until {_iso(login.token.expires_at)})."
     )
     return EXIT_OK
+
+
+def _show_device_code(prompt: DeviceCodePrompt) -> None:
+    minutes = max(1, round(prompt.expires_in / 60))
+    print(prompt.message, flush=True)
+    print(
+        f"The code is valid for {minutes} minutes (until {_iso(prompt.expires_at)}); "
+        "waiting for the sign-in...",
+        flush=True,
+    )
 
 
 # -- serve ------------------------------------------------------------------------------------

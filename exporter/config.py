@@ -360,6 +360,12 @@ _INLINE_SECRETS = {
     "password": "secrets may not be inline; use password_file or password_env",
     "client_secret": "secrets may not be inline; use client_secret_file or client_secret_env",
 }
+# Keys of a nested mapping written at the mailbox level, and where they go.
+_GROUP_MEMBERS = {
+    **{key: "belongs under auth:" for key in _AUTH_KEYS},
+    **{key: "belongs under imap: or smtp:" for key in ("host", "port")},
+    **{key: "belongs under folders:" for key in ("inbox", "junk", "sent")},
+}
 _PER_MAILBOX_ONLY = {
     key: "may not be set in defaults; set it in each mailbox" for key in ("name", "username")
 }
@@ -572,7 +578,7 @@ class _Loader:
         if entries is None:
             return None
         special = {**_INLINE_SECRETS, **(_PER_MAILBOX_ONLY if in_defaults else {})}
-        fields = self._known(entries, _MAILBOX_KEYS, special)
+        fields = self._known(entries, _MAILBOX_KEYS, {**_GROUP_MEMBERS, **special})
         groups: dict[str, dict[str, _Field]] = {}
         for group, keys in _GROUP_KEYS.items():
             group_field = fields.get(group)
@@ -580,8 +586,13 @@ class _Loader:
                 continue
             group_entries = self._mapping(group_field)
             if group_entries is not None:
-                inline = _INLINE_SECRETS if group == "auth" else None
-                groups[group] = self._known(group_entries, keys, inline)
+                inline = _INLINE_SECRETS if group == "auth" else {}
+                misplaced = {
+                    key: f"belongs to the mailbox itself, not under {group}:"
+                    for key in _MAILBOX_KEYS
+                    if key not in keys
+                }
+                groups[group] = self._known(group_entries, keys, {**misplaced, **inline})
         return _Section(field.key, field.line, fields, groups)
 
     # --- one mailbox ---
@@ -869,7 +880,7 @@ class _Loader:
         if text is None or seconds is None:
             match = _DURATION_RE.fullmatch(text or "")
             too_long = match is not None and any(match.groups())
-            self.problems.at(field, "must be at most 1y" if too_long else _DURATION_EXPECTED)
+            self.problems.at(field, "must be at most 1y" if too_long else _not_a_duration(field))
             return None
         if seconds <= 0:
             self.problems.at(field, "must be greater than 0")
@@ -1040,10 +1051,31 @@ def _name_problem(name: str) -> str | None:
     return None
 
 
+# What `import-esm` writes when the properties name no user: it must not pass as a real one.
+PLACEHOLDER_USER = "CHANGE-ME"
+
+
 def _username_problem(username: str) -> str | None:
     if _USERNAME_RE.fullmatch(username) is None:
         return "must look like user@domain"
+    local, _, domain = username.rpartition("@")
+    if local.casefold() == PLACEHOLDER_USER.casefold() or domain.casefold().endswith(".invalid"):
+        return (
+            f"{username} is a placeholder (import-esm writes one when the ESM settings name no "
+            "user): put the mailbox's sign-in name there, like servicedesk@contoso.com"
+        )
     return None
+
+
+def _not_a_duration(field: _Field) -> str:
+    """The problem of a duration that is none, repeating what was written when it is a value."""
+    node = field.node
+    if not isinstance(node, ScalarNode) or _is_null(node):
+        return _DURATION_EXPECTED
+    written = str(node.value)
+    if len(written) > 40:
+        written = written[:40] + "..."
+    return f"{written!r} is not a duration (use 30s, 5m, 1h)"
 
 
 def _tenant_problem(tenant_id: str) -> str | None:

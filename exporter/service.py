@@ -17,8 +17,10 @@ from pathlib import Path
 from exporter.auth import ensure_state_dir
 from exporter.config import Config, load_config
 from exporter.errors import ConfigError, StateError
+from exporter.failures import pasteable
 from exporter.results import ResultStore
 from exporter.scheduler import Scheduler
+from exporter.statefile import warn_foreign_owned
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,10 @@ class Service:
         self._config: Config | None = None
         self._reload_ok = False
         self._reload_success_time: float | None = None
+        self._reload_problems: tuple[str, ...] = ()
+        self._reload_failure_time: float | None = None
         self._lock = threading.Lock()
+        self._hint_filter = _PasteableHints(self)
 
     @property
     def config(self) -> Config | None:
@@ -78,8 +83,20 @@ class Service:
         """Unix time the config last loaded successfully (start-up or reload)."""
         return self._reload_success_time
 
+    @property
+    def reload_problems(self) -> tuple[str, ...]:
+        """The problems of the last reload when it failed; () after a good one."""
+        return self._reload_problems
+
+    @property
+    def reload_failure_time(self) -> float | None:
+        """Unix time of the last failed reload (None when the last reload was good)."""
+        return self._reload_failure_time
+
     def start(self, config: Config) -> None:
+        warn_foreign_owned(config.state_dir)  # e.g. a token cache an admin's root `login` wrote
         self._adopt(config)
+        _SCHEDULER_LOG.addFilter(self._hint_filter)
         self.scheduler.start()
 
     def reload(self) -> list[str]:
@@ -89,17 +106,22 @@ class Service:
                 config = load_config(self.config_path)
                 ensure_state_dir(config.state_dir)
             except ConfigError as err:
-                self._reload_ok = False
+                self._failed(err.problems)
                 for problem in err.problems:
                     log.error("config reload failed", extra={"problem": problem})
                 return err.problems
             except StateError as err:
-                self._reload_ok = False
+                self._failed([str(err)])
                 log.error("config reload failed", extra={"problem": str(err)})
                 return [str(err)]
             self._adopt(config)
             log.info("config reloaded", extra={"mailboxes": len(config.mailboxes)})
             return []
+
+    def _failed(self, problems: list[str]) -> None:
+        self._reload_ok = False
+        self._reload_problems = tuple(problems)
+        self._reload_failure_time = time.time()
 
     def _adopt(self, config: Config) -> None:
         if self.shard is not None:
@@ -109,6 +131,36 @@ class Service:
         self._config = config
         self._reload_ok = True
         self._reload_success_time = time.time()
+        self._reload_problems = ()
+        self._reload_failure_time = None
 
     def stop(self) -> None:
         self.scheduler.stop()
+        _SCHEDULER_LOG.removeFilter(self._hint_filter)
+
+    def pasteable(self, hint: str, mailbox: str | None) -> str:
+        """`hint` with its commands completed with this exporter's config file and `mailbox`."""
+        return pasteable(hint, self.config_path, mailbox)
+
+
+# The logger of the scheduler's "check failed" lines (mailbox, check, reason, code, hint).
+_SCHEDULER_LOG = logging.getLogger("exporter.scheduler")
+
+
+class _PasteableHints(logging.Filter):
+    """Completes the commands in a failed check's log line (`hint`) with the config file the
+    service runs with and the line's mailbox, as `check` and the landing page do. Only the
+    service knows the config file's path; the scheduler that logs does not."""
+
+    def __init__(self, service: Service) -> None:
+        super().__init__()
+        self._service = service
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        hint = getattr(record, "hint", None)
+        mailbox = getattr(record, "mailbox", None)
+        config = self._service.config
+        owned = config is not None and any(m.name == mailbox for m in config.mailboxes)
+        if isinstance(hint, str) and isinstance(mailbox, str) and owned:
+            record.hint = self._service.pasteable(hint, mailbox)
+        return True

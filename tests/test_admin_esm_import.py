@@ -56,6 +56,10 @@ INVALID: list[tuple[str, list[str]]] = [
         "{file}:2: mail.oauth.authorize.endpoint: is the token endpoint; ESM wants the authorize "
         f"endpoint: {FORM}",
     ]),
+    ("esm-invalid-value-apart.properties", [
+        "{file}:6: mail.oauth.client.id: has no value; the value on line 8 looks like it belongs "
+        "to it (put it right after the '=')",
+    ]),
     ("esm-invalid-missing.properties", [
         f"{{file}}: mail.oauth.authorize.endpoint: missing; expected {FORM}",
         "{file}: mail.oauth.client.id: missing; the Application (client) ID",
@@ -63,7 +67,7 @@ INVALID: list[tuple[str, list[str]]] = [
     ]),
 ]  # fmt: skip
 
-VALID = ["esm-platform.properties", "esm-mailtask.properties"]
+VALID = ["esm-platform.properties", "esm-mailtask.properties", "esm-guide-layout.properties"]
 
 
 @pytest.mark.parametrize(("name", "expected"), INVALID, ids=[name for name, _ in INVALID])
@@ -167,3 +171,58 @@ def test_java_properties_syntax():
         ("escaped key", "x:y\u00e4", 9),
         ("empty", "", 10),
     ]
+
+
+def test_a_value_on_the_line_after_its_key_is_read_and_noted(capsys):
+    code, out, err = run_cli(capsys, "import-esm", str(TESTDATA / "esm-guide-layout.properties"))
+
+    assert code == 0
+    assert "    tenant_id: contoso.onmicrosoft.com\n" in out
+    assert "    client_id: 46a662fb-0fed-4f72-a212-95216e5b0f28\n" in out
+    assert "scopes:" not in out  # the default pair, read whole from line 9
+    assert err.splitlines()[:3] == [
+        f"note: line {key_line}: {key} has its value on line {key_line + 1}; read as one (a "
+        ".properties reader takes only the key's own line: keep them on one)"
+        for key_line, key in ((4, "mail.oauth.authorize.endpoint"), (6, "mail.oauth.client.id"),
+                              (8, "mail.oauth.scopes"))
+    ]
+
+
+def test_an_empty_value_is_named_at_its_line(tmp_path, capsys):
+    properties = tmp_path / "esm.properties"
+    properties.write_text(
+        "mail.store.oauth.enabled=true\n"
+        f"mail.oauth.authorize.endpoint={FORM.replace('{tenant}', 'contoso.com')}\n"
+        "mail.oauth.client.id=\n"
+        f"mail.oauth.scopes={IMAP}\n"
+    )
+
+    code, _out, err = run_cli(capsys, "import-esm", str(properties))
+
+    assert code == 2
+    assert err == (
+        f"{properties}:3: mail.oauth.client.id: has no value; the Application (client) ID\n"
+    )
+
+
+def test_the_placeholder_username_fails_config_check_until_replaced(tmp_path, capsys):
+    secret = tmp_path / "servicedesk.password"
+    write_secret(secret, "pw")
+    code, out, _err = run_cli(capsys, "import-esm",
+                              str(TESTDATA / "esm-guide-layout.properties"),
+                              f"--password-file={secret}")  # fmt: skip
+    assert code == 0
+    config = tmp_path / "config.yml"
+    config.write_text(out)
+
+    code, _out, err = run_cli(capsys, "--config.check", f"--config.file={config}")
+
+    assert code == 2
+    assert err.splitlines() == [
+        f"{config}:9: mailboxes[0].username: CHANGE-ME@contoso.onmicrosoft.com is a placeholder "
+        "(import-esm writes one when the ESM settings name no user): put the mailbox's sign-in "
+        "name there, like servicedesk@contoso.com"
+    ]
+    config.write_text(out.replace("CHANGE-ME@", "servicedesk@"))
+    code, _out, err = run_cli(capsys, "--config.check", f"--config.file={config}")
+    assert code == 0, err

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
 import stat
+import threading
+import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
+from exporter.failures import (
+    DEVICE_CODE_DECLINED_HINT,
+    DEVICE_CODE_EXPIRED_HINT,
+    classify_token_error,
+)
 from tests.conftest import check_json, results_by_check, run_cli, write_config, write_secret
 from tests.testbed import make_app_certificate
 
@@ -105,7 +114,10 @@ def test_device_code_login_seeds_the_cache(make_mailbox, entra, dovecot, tmp_pat
     code, document = check_json(capsys, config)  # nobody signed in yet
     token = results_by_check(document, "mfa")["token"]
     assert code == 1 and token["reason"] == "interaction_required"
-    assert "login --mailbox mfa" in token["hint"]
+    assert token["hint"] == (
+        f"Run `o365-mailbox-exporter login --config.file={config} --mailbox mfa` to sign in "
+        "with a device code."
+    )
 
     entra.auto_approve_device_code = mailbox.upn
     try:
@@ -119,3 +131,143 @@ def test_device_code_login_seeds_the_cache(make_mailbox, entra, dovecot, tmp_pat
     code, document = check_json(capsys, config)
     assert code == 0, document
     assert entra.attempts(username=mailbox.upn, grant_type="refresh_token") == 1
+
+
+# -- `login`: the device-code flow against the fake Entra ID, as an admin meets it ------------
+def _device_code_mailbox(make_mailbox, entra, dovecot, tmp_path, **settings):
+    mailbox = make_mailbox("mfa", **settings)
+    mailbox.settings["auth"] = {"flow": "device_code"}
+    return mailbox, write_config(tmp_path, entra, dovecot, [mailbox])
+
+
+def _in_the_browser(entra, action) -> threading.Thread:
+    """What the admin does in a browser with the code `login` prints: `action(user_code)`."""
+    since = time.time()
+
+    def browser() -> None:
+        action(entra.wait_for_device_code(since))
+
+    thread = threading.Thread(target=browser, daemon=True)
+    thread.start()
+    return thread
+
+
+def _login(capsys, config, entra, action) -> tuple[int, str, str]:
+    thread = _in_the_browser(entra, action)
+    code, out, err = run_cli(capsys, "login", f"--config.file={config}", "--mailbox=mfa")
+    thread.join(timeout=10)
+    return code, out, err
+
+
+def test_login_prints_how_long_the_code_stays_valid(make_mailbox, entra, dovecot, tmp_path,
+                                                    capsys):
+    mailbox, config = _device_code_mailbox(make_mailbox, entra, dovecot, tmp_path)
+    started = time.time()
+
+    code, out, err = _login(capsys, config, entra,
+                            lambda user_code: entra.approve_device_code(user_code, mailbox.upn))
+
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == (f"Sign in as {mailbox.upn} (mailbox mfa); a private browser window keeps "
+                        "your own account out of it.")
+    assert lines[1].startswith("To sign in, use a web browser to open the page "
+                               "https://microsoft.com/devicelogin and enter the code ")
+    until = datetime.fromtimestamp(started + 900, UTC)
+    assert re.fullmatch(r"The code is valid for 15 minutes \(until (.*)Z\); waiting for the "
+                        r"sign-in\.\.\.", lines[2])
+    shown = datetime.strptime(lines[2].split("until ")[1][:19], "%Y-%m-%d %H:%M:%S")
+    assert abs(shown.replace(tzinfo=UTC) - until).total_seconds() < 5
+    assert lines[3].startswith(f"Signed in as {mailbox.upn}; token cache seeded")
+    assert len(_refresh_tokens(tmp_path / "state", "mfa")) == 1
+
+
+def test_login_refuses_another_account_and_keeps_nothing_of_it(
+    make_mailbox, entra, dovecot, tmp_path, capsys
+):
+    mailbox, config = _device_code_mailbox(make_mailbox, entra, dovecot, tmp_path)
+    admin = f"admin-{uuid.uuid4().hex[:8]}@contoso.onmicrosoft.com"
+    entra.add_user(admin, "Admin-pw-1")
+    entra.reset_counters()
+
+    # The admin's browser is signed in as the admin: the code is approved as the admin.
+    code, out, err = _login(capsys, config, entra,
+                            lambda user_code: entra.approve_device_code(user_code, admin))
+
+    assert code == 1
+    assert "Signed in as" not in out
+    assert err.splitlines() == [
+        f"sign-in refused: the device code was approved in a browser signed in as {admin}, not "
+        f"as {mailbox.upn}; nothing was kept in the token cache",
+        f"hint: Sign out of {admin} in that browser, or open a private window, run "
+        f"`o365-mailbox-exporter login --config.file={config} --mailbox mfa` again and sign in "
+        f"as {mailbox.upn}.",
+    ]
+    assert entra.attempts(username=admin, grant_type="device_code") == 1  # tokens were issued
+    cache = json.loads((tmp_path / "state" / "tokens" / "mfa.json").read_text())
+    assert cache.get("RefreshToken", {}) == {}
+    assert cache.get("AccessToken", {}) == {}
+    assert cache.get("IdToken", {}) == {}
+    assert admin not in json.dumps(cache)
+
+    # So `check` still says nobody is signed in, rather than using the admin's grant.
+    code, document = check_json(capsys, config)
+    token = results_by_check(document, "mfa")["token"]
+    assert (code, token["reason"]) == (1, "interaction_required")
+    assert entra.attempts(username=admin, grant_type="refresh_token") == 0
+
+
+def test_login_compares_the_username_without_case(make_mailbox, entra, dovecot, tmp_path, capsys):
+    mailbox, _config = _device_code_mailbox(make_mailbox, entra, dovecot, tmp_path)
+    mailbox.settings["username"] = mailbox.upn.upper()
+    config = write_config(tmp_path, entra, dovecot, [mailbox])
+
+    code, out, err = _login(capsys, config, entra,
+                            lambda user_code: entra.approve_device_code(user_code, mailbox.upn))
+
+    assert code == 0, err
+    assert f"Signed in as {mailbox.upn}; token cache seeded" in out
+
+
+def test_login_with_an_expired_code(make_mailbox, entra, dovecot, tmp_path, capsys):
+    _mailbox, config = _device_code_mailbox(make_mailbox, entra, dovecot, tmp_path)
+
+    code, _out, err = _login(capsys, config, entra, entra.expire_device_code)
+
+    assert code == 1
+    assert err.splitlines() == [
+        "sign-in failed: interaction_required 70019: the device code expired (15 minutes) "
+        "before the sign-in was approved",
+        "hint: The device code expired before the sign-in was approved (a code is valid for "
+        f"about 15 minutes): run `o365-mailbox-exporter login --config.file={config} --mailbox "
+        "mfa` again and enter the new code right away.",
+    ]
+    assert not (tmp_path / "state" / "tokens" / "mfa.json").exists()
+
+
+def test_login_with_a_declined_code(make_mailbox, entra, dovecot, tmp_path, capsys):
+    _mailbox, config = _device_code_mailbox(make_mailbox, entra, dovecot, tmp_path)
+
+    code, _out, err = _login(capsys, config, entra, entra.decline_device_code)
+
+    assert code == 1
+    assert err.splitlines() == [
+        "sign-in failed: interaction_required: The end user denied the authorization request.",
+        "hint: The sign-in was declined in the browser: run `o365-mailbox-exporter login "
+        f"--config.file={config} --mailbox mfa` again and approve it, signed in as the "
+        "mailbox's user.",
+    ]
+
+
+def test_device_code_errors_have_their_own_reason_and_hint():
+    pending = {"error": "authorization_pending", "error_codes": [70016],
+               "error_description": "AADSTS70016: OAuth 2.0 device flow error. Authorization is "
+               "pending. Continue polling."}
+    expired = {"error": "expired_token", "error_description": "Verification code expired."}
+    declined = {"error": "authorization_declined", "error_description": "declined"}
+
+    assert classify_token_error(pending).reason == "interaction_required"
+    assert classify_token_error(pending).hint == DEVICE_CODE_EXPIRED_HINT
+    assert classify_token_error(expired).hint == DEVICE_CODE_EXPIRED_HINT
+    assert classify_token_error(declined).hint == DEVICE_CODE_DECLINED_HINT
+    assert classify_token_error(declined).reason == "interaction_required"

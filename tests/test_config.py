@@ -91,9 +91,40 @@ INVALID: list[tuple[str, list[str]]] = [
     (
         "invalid-duration.yml",
         [
-            "config.yml:2: defaults.interval: must be a duration like 30s, 5m or 1h",
-            "config.yml:9: mailboxes[0].timeout: must be a duration like 30s, 5m or 1h",
+            "config.yml:2: defaults.interval: '5 minutes' is not a duration (use 30s, 5m, 1h)",
+            "config.yml:9: mailboxes[0].timeout: '30' is not a duration (use 30s, 5m, 1h)",
             "config.yml:15: mailboxes[1].interval: must be greater than 0",
+        ],
+    ),
+    (  # the value written is repeated; a list is no value to repeat
+        "invalid-duration-value.yml",
+        [
+            "config.yml:3: defaults.interval: '5 minutes' is not a duration (use 30s, 5m, 1h)",
+            "config.yml:10: mailboxes[0].timeout: '1.5m' is not a duration (use 30s, 5m, 1h)",
+            "config.yml:11: mailboxes[0].interval: must be a duration like 30s, 5m or 1h",
+        ],
+    ),
+    (  # a key one level off says where it belongs
+        "invalid-misplaced-key.yml",
+        [
+            "config.yml:7: mailboxes[0].flow: belongs under auth:",
+            "config.yml:8: mailboxes[0].password_file: belongs under auth:",
+            "config.yml:9: mailboxes[0].host: belongs under imap: or smtp:",
+            "config.yml:10: mailboxes[0].junk: belongs under folders:",
+            "config.yml:11: mailboxes[0].auth.flow: is required",
+            "config.yml:12: mailboxes[0].auth.username: "
+            "belongs to the mailbox itself, not under auth:",
+        ],
+    ),
+    (  # what import-esm writes when the ESM settings name no user
+        "invalid-placeholder-username.yml",
+        [
+            "config.yml:4: mailboxes[0].username: CHANGE-ME@contoso.onmicrosoft.com is a "
+            "placeholder (import-esm writes one when the ESM settings name no user): put the "
+            "mailbox's sign-in name there, like servicedesk@contoso.com",
+            "config.yml:9: mailboxes[1].username: billing@example.invalid is a placeholder "
+            "(import-esm writes one when the ESM settings name no user): put the mailbox's "
+            "sign-in name there, like servicedesk@contoso.com",
         ],
     ),
     (  # blame the value the mailbox sets; the other one is what it conflicts with
@@ -265,7 +296,7 @@ INVALID: list[tuple[str, list[str]]] = [
         [
             "config.yml:2: state_dir: must be a string",
             "config.yml:4: defaults.name: may not be set in defaults; set it in each mailbox",
-            "config.yml:5: defaults.timeout: must be a duration like 30s, 5m or 1h",
+            "config.yml:5: defaults.timeout: '30' is not a duration (use 30s, 5m, 1h)",
             "config.yml:6: defaults.folders: must be a mapping",
             "config.yml:8: mailboxes[0].tenant_id: is required",
             "config.yml:9: mailboxes[0].username: must be a string",

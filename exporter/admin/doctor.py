@@ -16,7 +16,7 @@ import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -25,7 +25,7 @@ import requests
 
 from exporter.admin.common import EXIT_FAILED, EXIT_OK, write_json
 from exporter.auth import MailboxAuth, Token, tls_context
-from exporter.backoff import FORCE_HINT, BackoffStore, secret_key
+from exporter.backoff import BackoffStore, secret_key
 from exporter.config import Config, MailboxConfig, read_secret
 from exporter.errors import ExporterError, SecretError
 from exporter.failures import (
@@ -33,7 +33,9 @@ from exporter.failures import (
     CheckFailed,
     classify_token_error,
     first_line,
+    force_hint,
     hint_for,
+    pasteable,
     scrub,
 )
 from exporter.imap import JUNK, SENT, ImapSession
@@ -187,7 +189,8 @@ def step_token(walk: Walk) -> str:
     now = time.time()
     held = backoff.holds_back("token", now, key) if mailbox.auth.flow == "password" else None
     if held is not None and not walk.force:
-        raise StepFailed(held.message, f"{held.remediation} {FORCE_HINT}", "backoff", held.code)
+        fix = f"{held.remediation} {force_hint('doctor')}"
+        raise StepFailed(held.message, fix, "backoff", held.code)
     try:
         walk.token = walk.auth.refresh()
     except CheckFailed as err:
@@ -260,8 +263,8 @@ def step_claims(walk: Walk) -> str:
     if user and user != "None" and user.casefold() != mailbox.username.casefold():
         raise StepFailed(
             f"the token belongs to {user}, not to {mailbox.username}",
-            f"Sign in as {mailbox.username}: run `o365-mailbox-exporter login --mailbox "
-            f"{mailbox.name}` again (device code), or fix username / the password file.",
+            f"Sign in as {mailbox.username}: run `o365-mailbox-exporter login` again (device "
+            "code), or fix username / the password file.",
             "auth_rejected",
         )
     return f"audience {audience}, scopes {' '.join(scopes)}, user {user}"
@@ -437,7 +440,10 @@ def diagnose(mailbox: MailboxConfig, state_dir: Path, force: bool = False) -> li
 def run(
     config: Config, mailbox: MailboxConfig, output: str, stdout: TextIO, force: bool = False
 ) -> int:
-    results = diagnose(mailbox, config.state_dir, force)
+    results = [
+        replace(r, fix=pasteable(r.fix, config.path, mailbox.name))
+        for r in diagnose(mailbox, config.state_dir, force)
+    ]
     ok = all(r.status != "fail" for r in results)
     broken = next((r for r in results if r.status == "fail"), None)
     if output == "json":

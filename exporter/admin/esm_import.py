@@ -27,7 +27,13 @@ from urllib.parse import urlsplit
 import yaml
 
 from exporter.admin.common import EXIT_OK, EXIT_USAGE
-from exporter.config import DEFAULT_CHECKS, DEFAULT_IMAP, DEFAULT_SMTP, DELEGATED_SCOPES
+from exporter.config import (
+    DEFAULT_CHECKS,
+    DEFAULT_IMAP,
+    DEFAULT_SMTP,
+    DELEGATED_SCOPES,
+    PLACEHOLDER_USER,
+)
 
 AUTHORIZE_FORM = "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/authorize"
 # Entra ID authority hosts (public cloud, US government, China).
@@ -63,6 +69,9 @@ class Property:
     key: str
     value: str
     line: int
+    raw: str = ""  # the logical line as written (leading blanks removed)
+    last_line: int = 0  # its last physical line (a backslash continues a line)
+    separator: bool = False  # written with `=` or `:` after the key
 
 
 @dataclass
@@ -75,6 +84,14 @@ class Problems:
 
     def missing(self, key: str, problem: str) -> None:
         self.lines.append((0, f"{self.file}: {key}: {problem}"))
+
+    def absent(self, props: dict[str, Property], key: str, expected: str) -> None:
+        """`key` is not there, or has no value (named once, at its line)."""
+        prop = props.get(key)
+        if prop is None:
+            self.missing(key, f"missing; {expected}")
+        elif not any(text.startswith(f"{self.file}:{prop.line}: {key}:") for _, text in self.lines):
+            self.at(prop, f"has no value; {expected}")
 
     def sorted(self) -> list[str]:
         return [text for _line, text in sorted(self.lines, key=lambda item: item[0])]
@@ -103,9 +120,10 @@ def _unescape(text: str) -> str:
     return "".join(out)
 
 
-def _split_key(line: str) -> tuple[str, str]:
+def _split_key(line: str) -> tuple[str, str, bool]:
     """Key and value of one logical line, as java.util.Properties.load reads them: the key ends
-    at the first unescaped `=`, `:` or blank; blanks and one `=` or `:` separate the value."""
+    at the first unescaped `=`, `:` or blank; blanks and one `=` or `:` separate the value.
+    The flag says whether an `=` or `:` was there."""
     end = 0
     while end < len(line) and line[end] not in "=: \t\f":
         end += 2 if line[end] == "\\" else 1
@@ -113,11 +131,12 @@ def _split_key(line: str) -> tuple[str, str]:
     start = end
     while start < len(line) and line[start] in " \t\f":
         start += 1
-    if start < len(line) and line[start] in "=:":
+    separator = start < len(line) and line[start] in "=:"
+    if separator:
         start += 1
         while start < len(line) and line[start] in " \t\f":
             start += 1
-    return _unescape(line[:end]), _unescape(line[start:])
+    return _unescape(line[:end]), _unescape(line[start:]), separator
 
 
 def parse_properties(text: str) -> list[Property]:
@@ -137,9 +156,60 @@ def parse_properties(text: str) -> list[Property]:
             index += 1
         if _continues(logical):
             logical = logical[:-1]
-        key, value = _split_key(logical)
-        properties.append(Property(key, value, start + 1))
+        key, value, separator = _split_key(logical)
+        properties.append(Property(key, value, start + 1, logical, index, separator))
     return properties
+
+
+def _looks_like_a_value(prop: Property) -> bool:
+    """A line that holds a bare value (a GUID, a URL, a list of scopes) rather than a
+    `key=value`: one word, no `=`, and a `:` only in `://`."""
+    raw = prop.raw.strip()
+    if not raw or any(blank in raw for blank in " \t\f") or "=" in raw:
+        return False
+    return ":" not in raw.replace("://", "") and not raw.startswith("mail.")
+
+
+def attach_dangling_values(
+    file: str, properties: list[Property]
+) -> tuple[list[Property], list[str], Problems]:
+    """Values written on the line after `key=`, as guides lay them out for width.
+
+    java.util.Properties reads `mail.oauth.client.id=` and the GUID on the next line as two
+    properties (the first empty); the value on the very next line is read as the key's value
+    (with a note), one further away is named as a problem."""
+    problems = Problems(file)
+    notes: list[str] = []
+    joined: list[Property] = []
+    index = 0
+    while index < len(properties):
+        prop = properties[index]
+        following = properties[index + 1] if index + 1 < len(properties) else None
+        if (
+            following is None
+            or prop.value
+            or not prop.separator
+            or not _looks_like_a_value(following)
+        ):
+            joined.append(prop)
+            index += 1
+            continue
+        if following.line == prop.last_line + 1:
+            value = _unescape(following.raw.strip())
+            joined.append(Property(prop.key, value, prop.line, prop.raw, following.last_line, True))
+            notes.append(
+                f"line {prop.line}: {prop.key} has its value on line {following.line}; read "
+                "as one (a .properties reader takes only the key's own line: keep them on one)"
+            )
+        else:
+            problems.at(
+                prop,
+                f"has no value; the value on line {following.line} looks like it belongs to it "
+                "(put it right after the '=')",
+            )
+            joined.append(prop)
+        index += 2
+    return joined, notes, problems
 
 
 def _continues(line: str) -> bool:
@@ -259,8 +329,7 @@ def _port(problems: Problems, prop: Property | None) -> int | None:
 def build_snippet(
     file: str, properties: list[Property], name: str | None
 ) -> tuple[MailboxSnippet | None, list[str]]:
-    problems = Problems(file)
-    notes: list[str] = []
+    properties, notes, problems = attach_dangling_values(file, properties)
     props: dict[str, Property] = {}
     for prop in properties:
         props[prop.key] = prop  # the last one wins, as in java.util.Properties
@@ -286,7 +355,7 @@ def build_snippet(
     tenant = authority_host = None
     endpoint = props.get("mail.oauth.authorize.endpoint")
     if endpoint is None or not endpoint.value:
-        problems.missing("mail.oauth.authorize.endpoint", f"missing; expected {AUTHORIZE_FORM}")
+        problems.absent(props, "mail.oauth.authorize.endpoint", f"expected {AUTHORIZE_FORM}")
     else:
         problem, tenant, authority_host = _endpoint_problem(endpoint.value.strip())
         if problem:
@@ -295,7 +364,7 @@ def build_snippet(
     client_id = ""
     client = props.get("mail.oauth.client.id")
     if client is None or not client.value:
-        problems.missing("mail.oauth.client.id", "missing; the Application (client) ID")
+        problems.absent(props, "mail.oauth.client.id", "the Application (client) ID")
     elif _PLACEHOLDER_RE.search(client.value):
         problems.at(client, "still holds a placeholder: put the Application (client) ID there")
     elif not _GUID_RE.fullmatch(client.value.strip()):
@@ -310,7 +379,7 @@ def build_snippet(
     scopes: list[str] = []
     scope_prop = props.get("mail.oauth.scopes")
     if scope_prop is None or not scope_prop.value:
-        problems.missing("mail.oauth.scopes", f"missing; expected {','.join(DELEGATED_SCOPES)}")
+        problems.absent(props, "mail.oauth.scopes", f"expected {','.join(DELEGATED_SCOPES)}")
     else:
         meant: set[str] = set()  # permissions asked for, typos included
         for scope in (s for s in re.split(r"[,\s]+", scope_prop.value.strip()) if s):
@@ -346,7 +415,10 @@ def build_snippet(
             f"the snippet checks {username}"
         )
     if user is None:
-        notes.append("no user key (mail.imap.user, mail.user): fill in username")
+        notes.append(
+            "no user key (mail.imap.user, mail.user): replace the placeholder username "
+            "(--config.check refuses it until then)"
+        )
 
     imap_host = _first(props, "mail.imaps.host", "mail.imap.host", "mail.host")
     imap_port = _port(problems, _first(props, "mail.imaps.port", "mail.imap.port"))
@@ -407,6 +479,13 @@ def _scalar(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def placeholder_username(tenant_id: str) -> str:
+    """What the snippet says when the settings name no user; `--config.check` refuses it
+    until it is replaced. In the tenant's domain when the tenant is given as one."""
+    domain = tenant_id if _DOMAIN_RE.fullmatch(tenant_id) else "example.invalid"
+    return f"{PLACEHOLDER_USER}@{domain}"
+
+
 def render_yaml(snippet: MailboxSnippet, source: str, password_file: str | None) -> str:
     secret = password_file or f"/run/secrets/{snippet.name}"
     lines = [
@@ -417,7 +496,7 @@ def render_yaml(snippet: MailboxSnippet, source: str, password_file: str | None)
     lines += [
         "mailboxes:",
         f"  - name: {_scalar(snippet.name)}",
-        f"    username: {_scalar(snippet.username or 'servicedesk@example.invalid')}"
+        f"    username: {_scalar(snippet.username or placeholder_username(snippet.tenant_id))}"
         + ("" if snippet.username else "  # FILL IN the mailbox's sign-in name"),
         f"    tenant_id: {_scalar(snippet.tenant_id)}",
         f"    client_id: {_scalar(snippet.client_id)}",

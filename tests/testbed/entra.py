@@ -291,6 +291,22 @@ class ErrorRule:
         return self.username is None or (username is not None and self.username == username.lower())
 
 
+# Entra ID's answer to a poll after the user declined the device-code sign-in (RFC 8628 3.5).
+_DECLINED = ErrorRule(
+    code=None,
+    error="authorization_declined",
+    description="The end user denied the authorization request.",
+    status=400,
+    retry_after=None,
+    suberror=None,
+    claims=None,
+    username=None,
+    client_id=None,
+    grant_types=None,
+    remaining=None,
+)
+
+
 class EntraUnavailableError(RuntimeError):
     """Port 443 on the requested loopback address could not be bound."""
 
@@ -353,6 +369,8 @@ class _DeviceCode:
     scopes: tuple[str, ...]
     expires_at: float
     approved_upn: str | None = None
+    declined: bool = False
+    issued_at: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -889,20 +907,46 @@ class FakeEntra:
     # ------------------------------------------------------------------ device code
 
     def approve_device_code(self, user_code: str | None, upn: str) -> None:
-        """Complete a device-code sign-in as ``upn`` (``None``: the latest code issued)."""
+        """Complete a device-code sign-in as ``upn`` (``None``: the latest code issued). Any
+        user of the tenant may approve any code, as in a browser already signed in as them."""
         with self._lock:
             self._user(upn)
-            codes = list(self._device_codes.values())
-            if user_code is None:
-                if not codes:
-                    raise KeyError("no device code has been issued")
-                target = codes[-1]
-            else:
-                matches = [c for c in codes if c.user_code == user_code]
-                if not matches:
-                    raise KeyError(f"unknown user code {user_code}")
-                target = matches[0]
-            target.approved_upn = upn
+            self._device_code(user_code).approved_upn = upn
+
+    def decline_device_code(self, user_code: str | None = None) -> None:
+        """The user declines the sign-in ("Cancel" / "No, this wasn't me"): the next poll is
+        answered ``authorization_declined``."""
+        with self._lock:
+            self._device_code(user_code).declined = True
+
+    def expire_device_code(self, user_code: str | None = None) -> None:
+        """Let the code run out now: the next poll is answered ``expired_token`` (70019)."""
+        with self._lock:
+            self._device_code(user_code).expires_at = 0.0
+
+    def wait_for_device_code(self, since: float | None = None, timeout: float = 10.0) -> str:
+        """The user code of the first device code issued at or after ``since`` (default: now),
+        as a user reads it off the terminal."""
+        since = time.time() if since is None else since
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                issued = [c for c in self._device_codes.values() if c.issued_at >= since]
+                if issued:
+                    return issued[0].user_code
+            time.sleep(0.02)
+        raise TimeoutError("no device code was issued")
+
+    def _device_code(self, user_code: str | None) -> _DeviceCode:
+        codes = list(self._device_codes.values())
+        if user_code is None:
+            if not codes:
+                raise KeyError("no device code has been issued")
+            return codes[-1]
+        matches = [c for c in codes if c.user_code == user_code]
+        if not matches:
+            raise KeyError(f"unknown user code {user_code}")
+        return matches[0]
 
     # ------------------------------------------------------------------ HTTP handling
 
@@ -1168,6 +1212,8 @@ class FakeEntra:
                     raise fail(70000)
                 if dc.expires_at < time.time():
                     raise fail(70019)
+                if dc.declined:
+                    raise self._error(None, ctx, rule=_DECLINED, correlation_id=correlation_id)
                 if dc.approved_upn is None and self.auto_approve_device_code:
                     dc.approved_upn = self.auto_approve_device_code
                 if dc.approved_upn is None:
