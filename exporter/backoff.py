@@ -43,11 +43,6 @@ SIGN_IN_STEPS: dict[str, int | None] = {
     "token": None,
     "imap_login": SERVER_REJECTION_CAP_INTERVALS,
 }
-# What `check`, `doctor` and `login` add to a held-back sign-in's hint.
-FORCE_HINT = (
-    "To try now anyway, run the command again with --force (every wrong password counts "
-    "toward Entra ID Smart Lockout)."
-)
 _KDF_ITERATIONS = 20_000  # the record must not be a cheap oracle for the password
 _FORMAT = 1
 

@@ -127,8 +127,10 @@ def free_port() -> int:
 class ExporterProcess:
     """`python -m exporter` serving on a loopback port, as users run it."""
 
-    def __init__(self, config: Path, log_path: Path, *extra: str) -> None:
-        self.port = free_port()
+    def __init__(
+        self, config: Path, log_path: Path, *extra: str, port: int | None = None
+    ) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
