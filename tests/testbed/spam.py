@@ -9,11 +9,17 @@ ucf/jmr/auth/dest/ENG/RF, and Exchange's `Authentication-Results` (no authserv-i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from .mail import make_message
 
-__all__ = ["JunkSample", "authentication_results", "junk_message", "verdict_headers"]
+__all__ = [
+    "JunkSample",
+    "authentication_results",
+    "demo_junk_samples",
+    "junk_message",
+    "verdict_headers",
+]
 
 
 def _category(scl: int, bcl: int) -> str:
@@ -129,3 +135,54 @@ def junk_message(sample: JunkSample) -> bytes:
     )
     return make_message(sample.subject, sample.sender, size=sample.size, headers=headers,
                         date=sample.received)  # fmt: skip
+
+
+def demo_junk_samples(now: datetime, oldest_days: int = 3) -> list[JunkSample]:
+    """A service desk's Junk folder as the weekly review finds it (the demo's; `junk-review`
+    ranks them in this order): a customer's reply caught as spam (SCL 5, but DMARC passes and
+    the sender's domain, fabrikam.example, writes to the inbox: the likely false positive), a
+    supplier's notice with SCL 1 and passing DMARC, a bulk newsletter (BCL 8), and two spam
+    messages failing authentication, the oldest `oldest_days` old."""
+    return [
+        JunkSample(
+            subject="Re: [Ticket #4711] VPN still drops every hour",
+            sender="Anna Berg <anna.berg@fabrikam.example>",
+            received=now - timedelta(hours=6),
+            scl=5,
+            sfv="SPM",
+        ),
+        JunkSample(
+            subject="Your order 88213 has shipped",
+            sender="Northwind Orders <orders@northwind.example>",
+            received=now - timedelta(days=1),
+            scl=1,
+            sfv="NSPM",
+        ),
+        JunkSample(
+            subject="November deals: 40 % off all toner",
+            sender="Deals <news@office-supplies-deals.example>",
+            received=now - timedelta(days=2),
+            scl=6,
+            bcl=8,
+            dmarc="bestguesspass",
+            dkim="none",
+        ),
+        JunkSample(
+            subject="Invoice 4711 overdue",
+            sender="Billing <billing@invoice-portal.example>",
+            received=now - timedelta(days=2, hours=3),
+            scl=7,
+            spf="softfail",
+            dkim="none",
+            dmarc="none",
+        ),
+        JunkSample(
+            subject="You have won",
+            sender="offers@prize-winner.example",
+            received=now - timedelta(days=oldest_days),
+            scl=9,
+            spf="fail",
+            dkim="fail",
+            dmarc="fail",
+        ),
+    ]
