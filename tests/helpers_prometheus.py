@@ -8,8 +8,10 @@
   one-second group timers.
 * `WebhookReceiver` is the pager: an HTTP server that records Alertmanager's notifications.
 * `rules_for_quick_test(dest)` writes a copy of the alert rules with every `for:` shortened.
-* `dashboard_queries(dashboard)` lists every panel's PromQL; `grafana_to_promql(expr)`
-  substitutes Grafana's variables so Prometheus can run it.
+* `dashboard_queries(dashboard)` lists every panel's PromQL; `grafana_to_promql(expr, ...)`
+  substitutes Grafana's variables as Grafana does (`grafana_regex` for the multi-value ones)
+  so Prometheus can run it; `variable_values(prometheus, definition)` answers a
+  `label_values(selector, label)` variable query as Grafana asks Prometheus for it.
 
 Both servers log to a file in their workdir; `stop()` ends only the process it started.
 """
@@ -35,6 +37,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 RULES_FILE = ROOT / "alerts" / "o365-mailbox.rules.yml"
 DASHBOARD_FILE = ROOT / "dashboards" / "o365-mailbox.json"
+ADMIN_DASHBOARD_FILE = ROOT / "dashboards" / "o365-mailbox-admin.json"
+DASHBOARD_FILES = (DASHBOARD_FILE, ADMIN_DASHBOARD_FILE)
 JOB = "o365-mailbox-exporter"  # the scrape job the rules select
 PROMETHEUS = "prometheus"
 ALERTMANAGER = "prometheus-alertmanager"  # Debian's name for the alertmanager binary
@@ -392,11 +396,29 @@ def dashboard_queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+def grafana_regex(values: Iterable[str]) -> str:
+    """A multi-value variable's selection as Grafana puts it into a `=~"..."` matcher: each
+    value's regex metacharacters escaped (with a doubled backslash, as PromQL strings need),
+    more than one joined as `(a|b)`."""
+    escaped = [re.sub(r"([$^*{}\[\]'+?.()|])", r"\\\\\1", v.replace("\\", "\\\\\\\\"))
+               for v in values]
+    return escaped[0] if len(escaped) == 1 else "(" + "|".join(escaped) + ")"
+
+
 def grafana_to_promql(
-    expr: str, mailbox: str = ".*", interval: str = "1m", range_: str = "1m"
+    expr: str,
+    mailbox: str = ".*",
+    interval: str = "1m",
+    range_: str = "1m",
+    *,
+    job: str = ".*",
+    instance: str = ".*",
 ) -> str:
-    """Replace Grafana's variables so Prometheus can run the expression."""
+    """Replace Grafana's variables so Prometheus can run the expression (`job`, `instance`
+    and `mailbox` as the regex Grafana would put there, e.g. from `grafana_regex`)."""
     replacements = {
+        "job": job,
+        "instance": instance,
         "mailbox": mailbox,
         "__rate_interval": interval,
         "__interval": interval,
@@ -410,3 +432,16 @@ def grafana_to_promql(
         return replacements[name]
 
     return re.sub(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)", substitute, expr)
+
+
+_LABEL_VALUES_RE = re.compile(r"^label_values\((.+),\s*(\w+)\)$")
+
+
+def variable_values(prometheus: Prometheus, definition: str, **variables: str) -> list[str]:
+    """The values Grafana lists for a `label_values(selector, label)` query variable: it asks
+    Prometheus' /api/v1/label/LABEL/values with the selector (its variables substituted)."""
+    match = _LABEL_VALUES_RE.match(definition)
+    if not match:
+        raise ValueError(f"not a label_values() query: {definition}")
+    selector, label = match.groups()
+    return sorted(prometheus.label_values(label, grafana_to_promql(selector, **variables)))

@@ -2,7 +2,9 @@
 
 `promtool check rules` and `promtool test rules` run here; every alert must be complete
 (severity, summary, description, runbook_url with a section in docs/runbook.md) and have a
-firing and a silent case in alerts/tests/; every metric name the rules and the dashboard use
+firing and a silent case in alerts/tests/; the rules are rendered from mixin/config.yml
+(`python -m mixin.render`), every variant passes promtool, and tests/rule_table.py runs every
+alert at check intervals of 30s, 1m, 5m and 15m; every metric name the rules and the dashboard use
 must exist in the exposition of a real exporter (a healthy mailbox with a recorded Junk review,
 an app-only one with a client secret and `smtp_login`, and a failing one).
 """
@@ -22,13 +24,12 @@ import pytest
 import yaml
 
 from exporter.failures import REASONS
+from tests import rule_table
 from tests.conftest import write_config, write_secret
 from tests.helpers_prometheus import (
     DASHBOARD_FILE,
     RULES_FILE,
-    dashboard_panels,
     dashboard_queries,
-    grafana_to_promql,
     shorten_for,
 )
 from tests.testbed import make_message
@@ -36,9 +37,10 @@ from tests.testbed import make_message
 ROOT = Path(__file__).resolve().parent.parent
 RULE_TESTS = sorted((ROOT / "alerts" / "tests").glob("*.yml"))
 RUNBOOK = ROOT / "docs" / "runbook.md"
-PROVISIONING = ROOT / "dashboards" / "provisioning"
+MIXIN_CONFIG = ROOT / "mixin" / "config.yml"
 # Alerts about the exporter process rather than a mailbox: no mailbox label to name.
 EXPORTER_ALERTS = {
+    "O365MailboxExporterChecksStale",
     "O365MailboxExporterDown",
     "O365MailboxExporterAbsent",
     "O365MailboxExporterConfigReloadFailed",
@@ -115,6 +117,7 @@ def test_every_alert_is_complete_and_has_a_runbook_section() -> None:
         "O365MailboxExporterDown",
         "O365MailboxExporterAbsent",
         "O365MailboxChecksStale",
+        "O365MailboxExporterChecksStale",
     }
     # The sign-in alerts name the failing reason and code.
     for rule in alerting_rules():
@@ -139,24 +142,104 @@ def test_every_alert_has_a_firing_and_a_silent_case() -> None:
                         assert "severity" in alert["exp_labels"]
                 else:
                     silent.add(check["alertname"])
+    # The table (tests/rule_table.py): a fault per alert, and a healthy fleet silent for all.
+    firing |= {case.alert for case in rule_table.CASES}
+    silent |= {case.alert for case in rule_table.CASES}
     names = {rule["alert"] for rule in alerting_rules()}
     assert names - firing == set(), "alerts without a firing case"
     assert names - silent == set(), "alerts without a silent case"
 
 
-def test_thresholds_are_named_in_the_header_and_the_runbook() -> None:
-    text = RULES_FILE.read_text()
-    header = text[: text.index("groups:")]
-    names = re.findall(r"^#   ([A-Z][A-Z_]+[A-Z]) ", header, re.MULTILINE)
-    for needed in ("SEND_RATE_MAX", "SEND_DAILY_MAX", "DRAIN_GROWTH_MIN", "DRAIN_RATIO_MIN",
-                   "CREDENTIAL_WARN_LEFT", "CREDENTIAL_PAGE_LEFT", "SERVER_CERT_WARN_LEFT",
-                   "JUNK_REVIEW_MAX_AGE"):
+def test_thresholds_are_named_in_the_config_and_the_runbook() -> None:
+    config = yaml.safe_load(MIXIN_CONFIG.read_text())
+    names = list(config["thresholds"])
+    for needed in ("send_rate_max", "send_daily_max", "drain_growth_min", "drain_ratio_min",
+                   "credential_warn_left", "credential_page_left", "server_cert_warn_left",
+                   "junk_review_max_age", "sign_in_failed_runs", "stale_intervals"):
         assert needed in names, needed
+    header = RULES_FILE.read_text().split("groups:", 1)[0]
     runbook = RUNBOOK.read_text()
     tuning = runbook[runbook.index("## Tuning"):]
     tuning = tuning[: tuning.index("\n## ", 1)]
-    missing = [name for name in names if name not in tuning]
+    for name in names:
+        assert re.search(rf"#   {name} +\S", header), f"{name} not in the rules file's header"
+    missing = [name for name in names if f"`{name}`" not in tuning]
     assert not missing, f"thresholds not in the runbook's Tuning section: {missing}"
+    assert "`probe.scrape_interval`" in tuning and "`probe.self_job`" in tuning
+
+
+# -- every variant, and the table at every interval ---------------------------------------------
+
+VARIANTS = {
+    "scheduled": ROOT / "alerts" / "o365-mailbox.rules.yml",
+    "probe": ROOT / "alerts" / "o365-mailbox-probe.rules.yml",
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_variant_renders_and_passes_promtool_check(tmp_path: Path, variant: str) -> None:
+    """Render into a temp dir (with another job name too) and check every rule file."""
+    for job in (None, "mail-probe"):
+        out = tmp_path / (job or "default")
+        argv = [sys.executable, "-m", "mixin.render", "--out", str(out)]
+        result = run(*argv, *(["--job", job] if job else []))
+        assert result.returncode == 0, result.stderr
+        rendered = out / VARIANTS[variant].relative_to(ROOT)
+        if job is None:
+            assert rendered.read_text() == VARIANTS[variant].read_text()
+        else:
+            assert f'job="{job}"' in rendered.read_text()
+            assert 'job="o365-mailbox-exporter"' not in rendered.read_text()
+        check = run("promtool", "check", "rules", str(rendered))
+        assert check.returncode == 0, check.stdout + check.stderr
+    # The variants have the same alerts.
+    names = {r["alert"] for g in yaml.safe_load(VARIANTS[variant].read_text())["groups"]
+             for r in g["rules"] if "alert" in r}  # fmt: skip
+    assert names == {rule["alert"] for rule in alerting_rules()}
+
+
+def test_render_check_fails_on_a_stale_file(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert run(sys.executable, "-m", "mixin.render", "--out", str(out)).returncode == 0
+    assert run(sys.executable, "-m", "mixin.render", "--check", "--out", str(out)).returncode == 0
+    rules = out / "alerts" / "o365-mailbox.rules.yml"
+    rules.write_text(rules.read_text().replace("severity: critical", "severity: page", 1))
+    result = run(sys.executable, "-m", "mixin.render", "--check", "--out", str(out))
+    assert result.returncode == 1 and "o365-mailbox.rules.yml" in result.stderr
+
+
+@pytest.mark.timeout(400)
+def test_every_alert_at_every_interval_from_one_table(tmp_path: Path) -> None:
+    """tests/rule_table.py rendered to promtool tests, one file per check interval (30s, 1m,
+    5m, 15m), run in parallel: a healthy fleet stays silent for hours, every fault fires its
+    alert within the table's bound (and no earlier than the second failed run for sign-in)."""
+    assert {c.alert for c in rule_table.CASES} == {r["alert"] for r in alerting_rules()}
+    procs = []
+    for name, interval in rule_table.INTERVALS.items():
+        path = tmp_path / f"table-{name}.test.yml"
+        document = rule_table.promtool_tests(interval, str(RULES_FILE))
+        path.write_text(yaml.safe_dump(document, sort_keys=False))
+        procs.append((name, subprocess.Popen(
+            ["promtool", "test", "rules", str(path)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )))  # fmt: skip
+    failures = {}
+    for name, proc in procs:
+        output = proc.communicate(timeout=390)[0]
+        if proc.returncode != 0 or "SUCCESS" not in output:
+            failures[name] = output[-4000:]
+    assert not failures, failures
+
+
+def test_runbook_bound_table_is_the_tables() -> None:
+    runbook = " ".join(RUNBOOK.read_text().split())
+    for alert, formula, bounds in rule_table.bound_table():
+        cells = " | ".join(_minutes(b) for b in bounds)
+        assert f"| {alert} | {formula} | {cells} |" in runbook, (alert, cells)
+
+
+def _minutes(seconds: int) -> str:
+    return f"{seconds / 60:.0f}m" if seconds % 60 == 0 else f"{seconds / 60:.1f}m"
 
 
 def test_quick_copy_only_shortens_for() -> None:
@@ -168,61 +251,6 @@ def test_quick_copy_only_shortens_for() -> None:
                 assert quick_rule.pop("for") == "2s"
                 rule = {k: v for k, v in rule.items() if k != "for"}
             assert quick_rule == rule
-
-
-# -- dashboard --------------------------------------------------------------------------------
-
-def test_dashboard_json_is_valid_and_uses_the_variables() -> None:
-    dashboard = json.loads(DASHBOARD_FILE.read_text())
-    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
-    assert variables["datasource"]["type"] == "datasource"
-    assert variables["datasource"]["query"] == "prometheus"
-    mailbox = variables["mailbox"]
-    assert mailbox["query"]["query"] == "label_values(o365_mailbox_up, mailbox)"
-    assert mailbox["datasource"]["uid"] == "${datasource}"
-    assert mailbox["includeAll"] and mailbox["allValue"] == ".*"
-
-    ids = [panel["id"] for panel in dashboard_panels(dashboard)]
-    assert len(ids) == len(set(ids))
-    rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
-    assert rows == [
-        "Overview", "Token and IMAP login", "Inbox backlog", "Sending (SMTP)",
-        "Credentials and certificates", "Oversized messages", "Junk", "Failures",
-    ]
-    for panel in dashboard_panels(dashboard):
-        assert {"h", "w", "x", "y"} <= set(panel["gridPos"]), panel["title"]
-        if panel["type"] == "row":
-            continue
-        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
-        assert panel["targets"], panel["title"]
-        ref_ids = [t["refId"] for t in panel["targets"]]
-        assert len(ref_ids) == len(set(ref_ids)), panel["title"]
-        for target in panel["targets"]:
-            assert target["datasource"]["uid"] == "${datasource}"
-            grafana_to_promql(target["expr"])  # only known variables
-            if "o365_mailbox_exporter_" not in target["expr"] and "up{" not in target["expr"]:
-                assert 'mailbox=~"$mailbox"' in target["expr"], (panel["title"], target["expr"])
-
-    queries = " ".join(expr for _title, expr in dashboard_queries(dashboard))
-    for needed in ("o365_mailbox_up", "check_success", "check_duration_seconds",
-                   "folder_oldest_message_timestamp_seconds", "oversized_largest_bytes",
-                   'folder="junk"', "check_failures_total", "failure_reason:latest",
-                   'folder="sent"}[5m]) * 60', 'folder="sent"}[1d])', 'check="smtp_login"',
-                   "arrived_messages:increase1h", "left_messages:increase1h",
-                   "credential_expiry_timestamp_seconds",
-                   "tls_certificate_expiry_timestamp_seconds",
-                   "junk_last_review_timestamp_seconds", "junk_unreviewed_messages"):
-        assert needed in queries, needed
-
-
-def test_grafana_provisioning_files() -> None:
-    dashboards = yaml.safe_load((PROVISIONING / "dashboards.yml").read_text())
-    assert dashboards["apiVersion"] == 1
-    (provider,) = dashboards["providers"]
-    assert provider["type"] == "file" and provider["options"]["path"]
-    datasources = yaml.safe_load((PROVISIONING / "datasources.yml").read_text())
-    (source,) = datasources["datasources"]
-    assert source["type"] == "prometheus" and source["url"].startswith("http")
 
 
 # -- runbook ----------------------------------------------------------------------------------

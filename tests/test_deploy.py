@@ -5,7 +5,8 @@ schemas (strict: unknown fields fail) when `kubernetes-validate` is installed, a
 Operator kinds against the field lists of their CRDs (v0.80); cross-references (selectors and
 labels, volumes and mounts, Secret keys and secret files, the Service and the ServiceMonitor,
 replicas and the shard count) are checked here; `kubectl kustomize` builds both variants when
-kubectl is installed. The PrometheusRule's groups equal alerts/. The systemd unit passes
+kubectl is installed. Each PrometheusRule's groups equal its variant in alerts/ (both rendered
+by `python -m mixin.render`). The systemd unit passes
 `systemd-analyze verify` and `security --offline`; the container file and every command line
 name the console script and parse with the exporter's own argument parser.
 """
@@ -198,18 +199,18 @@ def test_scrape_config_fields() -> None:
     assert spec["metricsPath"] == "/probe"
 
 
-def test_prometheus_rule_wraps_exactly_the_groups_of_alerts(
-    sharded: dict[str, dict[str, Any]],
+@pytest.mark.parametrize(
+    ("directory", "rules_file"),
+    [(SHARDED, "o365-mailbox.rules.yml"), (PROBE, "o365-mailbox-probe.rules.yml")],
+    ids=["sharded", "probe-mode"],
+)
+def test_prometheus_rule_wraps_exactly_the_groups_of_its_variant(
+    directory: Path, rules_file: str
 ) -> None:
-    rule = sharded["PrometheusRule"]
+    (rule,) = [doc for doc in objects(directory) if doc["kind"] == "PrometheusRule"]
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
-    groups: list[dict[str, Any]] = []
-    for path in sorted((ROOT / "alerts").glob("*.rules.yml")):
-        groups.extend(yaml.safe_load(path.read_text())["groups"])
-    assert rule["spec"]["groups"] == groups, (
-        "deploy/kubernetes/sharded/prometheusrule.yaml is out of date: "
-        "run python deploy/kubernetes/render_prometheusrule.py"
-    )
+    groups = yaml.safe_load((ROOT / "alerts" / rules_file).read_text())["groups"]
+    assert rule["spec"]["groups"] == groups, "run python -m mixin.render"
     for group in rule["spec"]["groups"]:
         assert set(group) <= RULE_GROUP
         for item in group["rules"]:
@@ -217,13 +218,32 @@ def test_prometheus_rule_wraps_exactly_the_groups_of_alerts(
             assert ("alert" in item) != ("record" in item)
 
 
-def test_prometheus_rule_file_is_what_the_generator_writes() -> None:
+def test_rule_files_are_what_the_renderer_writes() -> None:
     result = subprocess.run(
-        [sys.executable, str(K8S / "render_prometheusrule.py"), "--check"],
-        capture_output=True,
-        text=True,
+        [sys.executable, "-m", "mixin.render", "--check"], capture_output=True, text=True,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_probe_mode_keeps_the_self_scrape_the_rules_read() -> None:
+    """The probe-mode rules read `up` and the reload metric from the self job: the plain
+    Prometheus config and the Kubernetes ServiceMonitor patch both keep that scrape."""
+    mixin = yaml.safe_load((ROOT / "mixin" / "config.yml").read_text())
+    self_job = mixin["probe"]["self_job"]
+    config = yaml.safe_load(PROBE_SCRAPE.read_text())
+    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+    assert jobs[self_job]["metrics_path"] == "/metrics"
+    assert jobs[mixin["job"]]["scrape_interval"] == mixin["probe"]["scrape_interval"]
+    patch = load_all(PROBE / "servicemonitor-self.yaml")[0]
+    (endpoint,) = patch["spec"]["endpoints"]
+    assert set(endpoint) <= ENDPOINT
+    assert {"targetLabel": "job", "replacement": self_job} in endpoint["relabelings"]
+    scrape = by_kind(objects(PROBE))["ScrapeConfig"]["spec"]
+    assert scrape["scrapeInterval"] == mixin["probe"]["scrape_interval"]
+    rules = (ROOT / "alerts" / "o365-mailbox-probe.rules.yml").read_text()
+    assert f'up{{job="{self_job}"}} == 0' in rules
+    assert f'o365_mailbox_exporter_config_last_reload_successful{{job="{self_job}"}}' in rules
 
 
 # -- cross-references --------------------------------------------------------------------------
@@ -413,7 +433,7 @@ def test_kustomize_builds_both_variants() -> None:
         (SHARDED, {"ConfigMap", "Secret", "Service", "StatefulSet", "ServiceMonitor",
                    "PrometheusRule"}),
         (PROBE, {"ConfigMap", "Secret", "Service", "StatefulSet", "ScrapeConfig",
-                 "PrometheusRule"}),
+                 "PrometheusRule", "ServiceMonitor"}),
     ]:  # fmt: skip
         result = subprocess.run(
             [kubectl, "kustomize", str(directory)], capture_output=True, text=True
@@ -429,6 +449,10 @@ def test_kustomize_builds_both_variants() -> None:
         if directory == PROBE:  # the patch replaced the command and kept the rest
             assert serve_args(command).probe_only
             assert container(statefulset)["volumeMounts"]
+            (rule,) = [d for d in built if d["kind"] == "PrometheusRule"]
+            assert rule["metadata"]["name"] == "o365-mailbox-exporter-probe"
+            (monitor,) = [d for d in built if d["kind"] == "ServiceMonitor"]
+            assert monitor["spec"]["endpoints"][0]["metricRelabelings"][0]["action"] == "keep"
         else:
             assert command[:2] == ["sh", "-c"]
         if importlib.util.find_spec("kubernetes_validate") is not None:

@@ -3,8 +3,11 @@ Alertmanager and a webhook as the pager.
 
 A password changed in Entra ID (the exporter still holds the old one) must page with the
 mailbox, the reason and the AADSTS code; putting the new password into the secret file must
-resolve the page. While the mailbox is broken, every PromQL expression of every dashboard panel
-must return data from the same Prometheus.
+resolve the page. While the mailbox is broken, every PromQL expression of every panel of both
+dashboards (dashboards/o365-mailbox.json and the mail admins' o365-mailbox-admin.json) must
+return data from the same Prometheus, with the template variables set as Grafana sets them
+from their own queries (this job, this exporter's instance, every mailbox), and a few panels
+must show the values the test set up.
 
 Both mailboxes run every check including `smtp_login` (against Dovecot's submission service);
 hr signs in app-only with a client secret that expires in 20 days, has a Junk review recorded
@@ -24,6 +27,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.parse
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,14 +35,18 @@ from typing import Any
 
 from tests.conftest import ROOT, write_config, write_secret
 from tests.helpers_prometheus import (
-    DASHBOARD_FILE,
+    DASHBOARD_FILES,
+    JOB,
     Prometheus,
     WebhookReceiver,
+    dashboard_panels,
     dashboard_queries,
+    grafana_regex,
     grafana_to_promql,
     rules_for_quick_test,
     start_alertmanager,
     start_prometheus,
+    variable_values,
 )
 from tests.testbed import make_message
 
@@ -186,22 +194,67 @@ def test_auth_page_fires_and_resolves_and_dashboards_return_data(
         assert "AADSTS50126" in annotations["description"]
         assert annotations["runbook_url"].endswith("docs/runbook.md#o365mailboxtokenrefreshfailing")
 
-        # -- every dashboard query returns data from this Prometheus while the mailbox is broken
-        dashboard = json.loads(DASHBOARD_FILE.read_text())
-        assert sorted(prometheus.label_values("mailbox", "o365_mailbox_up")) == [
-            "hr", "servicedesk"
-        ]
+        # -- every query of both dashboards returns data from this Prometheus while the mailbox
+        # is broken, with the template variables set as Grafana sets them: the variables' own
+        # queries list this job, this exporter and both mailboxes, and are then selected.
+        instance = urllib.parse.urlsplit(exporter.url).netloc
+        selected = {"job": grafana_regex([JOB]), "instance": grafana_regex([instance])}
         empty = {}
+        queried = 0
         deadline = time.monotonic() + 15
-        for title, expr in dashboard_queries(dashboard):
-            promql = grafana_to_promql(expr)
-            result = prometheus.query(promql)
-            while not result and time.monotonic() < deadline:
-                time.sleep(0.2)
+        for path in DASHBOARD_FILES:
+            dashboard = json.loads(path.read_text())
+            definitions = {
+                v["name"]: v["definition"] for v in dashboard["templating"]["list"]
+                if v["type"] == "query"
+            }
+            assert variable_values(prometheus, definitions["job"]) == [JOB]
+            assert variable_values(prometheus, definitions["instance"], job=selected["job"]) == [
+                instance
+            ]
+            assert variable_values(prometheus, definitions["mailbox"], **selected) == [
+                "hr", "servicedesk"
+            ]
+            for title, expr in dashboard_queries(dashboard):
+                promql = grafana_to_promql(expr, mailbox=".*", **selected)
                 result = prometheus.query(promql)
-            if not result:
-                empty[title + ": " + promql] = result
+                while not result and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    result = prometheus.query(promql)
+                queried += 1
+                if not result:
+                    empty[f"{path.name}: {title}: {promql}"] = result
         assert not empty, f"dashboard queries without data: {list(empty)}"
+        assert queried >= 80, queried
+
+        # ... and show the right values: what this test set up, read through the panels.
+        def panel_value(path: Path, title: str, ref: str = "A", **labels: str) -> float:
+            dashboard = json.loads(path.read_text())
+            (panel,) = [p for p in dashboard_panels(dashboard) if p["title"] == title]
+            (expr,) = [t["expr"] for t in panel["targets"] if t["refId"] == ref]
+            rows = [
+                r for r in prometheus.query(grafana_to_promql(expr, **selected))
+                if all(r["metric"].get(k) == v for k, v in labels.items())
+            ]
+            assert len(rows) == 1, (title, ref, labels, rows)
+            return float(rows[0]["value"][1])
+
+        main, admin = DASHBOARD_FILES
+        assert panel_value(main, "Mailbox status", "A", mailbox="servicedesk") == 0
+        assert panel_value(main, "Mailbox status", "A", mailbox="hr") == 1
+        assert panel_value(main, "Failed runs in a row", mailbox="servicedesk",
+                           check="token") >= 2
+        assert panel_value(main, "Check interval", mailbox="hr") == 1
+        assert panel_value(main, "Exporters", "E") == 2  # mailboxes of this exporter
+        assert panel_value(main, "Exporters", "A") == 1  # scraped
+        assert 20 - 1 <= panel_value(
+            admin, "Client secret / certificate: days left", mailbox="hr", kind="client_secret"
+        ) <= 20
+        assert 3 <= panel_value(admin, "Messages sent in the last 24 hours vs 10,000",
+                                mailbox="hr") <= 4
+        assert panel_value(admin, "Mailboxes at a glance", "C", mailbox="hr") == 0  # unreviewed
+        assert panel_value(admin, "Mailboxes at a glance", "D", mailbox="hr") == 0  # oversized
+        assert panel_value(admin, "Mailboxes at a glance", "F", mailbox="hr") == 25 * 1024 * 1024
         last_error = prometheus.query(
             'o365_mailbox_check:failure_reason:latest{mailbox="servicedesk", check="token"}'
         )
