@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 import pytest
 
 from exporter.admin import junk_review
+from exporter.admin.imap_session import AdminImapSession
 from exporter.auth import tls_context
 from exporter.cli import main
 from exporter.config import load_config
-from exporter.imap_admin import AdminImapSession
 from tests.conftest import run_cli, write_config
 from tests.testbed import make_message
 from tests.testbed.spam import JunkSample, authentication_results

@@ -8,10 +8,10 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from exporter.admin.imap_session import AdminImapSession
 from exporter.auth import MailboxAuth, tls_context
 from exporter.config import Config, MailboxConfig
 from exporter.failures import CheckFailed, Failure
-from exporter.imap_admin import AdminImapSession
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 

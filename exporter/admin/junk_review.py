@@ -28,15 +28,13 @@ from exporter.admin.common import (
     table,
     write_json,
 )
+from exporter.admin.imap_session import AdminImapSession, MoveResult
+from exporter.admin.junk_listing import JunkListing, JunkMessage
 from exporter.admin.report_html import render_report
-from exporter.admin.review_state import ReviewState, review_path, save_review
 from exporter.admin.verdicts import (
     ASSESSMENT_ORDER,
     HEADER_FIELDS,
-    Assessment,
     KnownSenders,
-    Sender,
-    Verdicts,
     assess,
     decoded,
     parse_headers,
@@ -46,30 +44,10 @@ from exporter.admin.verdicts import (
 from exporter.config import Config, MailboxConfig
 from exporter.errors import StateError
 from exporter.failures import CheckFailed, fail
-from exporter.imap import JUNK, FolderStatus, ImapSession
-from exporter.imap_admin import AdminImapSession, MoveResult
+from exporter.imap import JUNK, ImapSession
+from exporter.review import ReviewState, review_path, save_review
 
 KNOWN_SENDER_WINDOW = 500  # newest inbox messages whose senders count as "seen in the inbox"
-
-
-@dataclass(frozen=True, slots=True)
-class JunkMessage:
-    uid: int
-    received: datetime  # INTERNALDATE
-    sender: Sender
-    subject: str
-    size: int
-    verdicts: Verdicts
-    assessment: Assessment
-
-
-@dataclass(frozen=True, slots=True)
-class JunkListing:
-    mailbox: str
-    folder: str
-    status: FolderStatus  # of the EXAMINE the listing was read under
-    generated_at: datetime
-    messages: tuple[JunkMessage, ...]  # likely false positives first
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,11 +23,11 @@ from exporter.admin.common import (
     table,
     write_json,
 )
+from exporter.admin.imap_session import AdminImapSession, MoveResult
 from exporter.admin.verdicts import decoded, parse_headers, sender_of
 from exporter.config import Config, MailboxConfig
 from exporter.failures import CheckFailed
 from exporter.imap import ImapSession
-from exporter.imap_admin import AdminImapSession, MoveResult
 
 
 @dataclass(frozen=True, slots=True)

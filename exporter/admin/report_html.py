@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections import Counter
 from html import escape
-from typing import TYPE_CHECKING
 
 from exporter.admin.common import human_size, iso
+from exporter.admin.junk_listing import JunkListing, JunkMessage
 from exporter.admin.verdicts import (
     ASSESSMENT_ORDER,
     CHECK,
@@ -19,9 +19,6 @@ from exporter.admin.verdicts import (
     SFV_MEANING,
     SPAM,
 )
-
-if TYPE_CHECKING:
-    from exporter.admin.junk_review import JunkListing, JunkMessage
 
 _BADGE = {
     LIKELY_FALSE_POSITIVE: ("#1b5e20", "#e8f5e9", "#a5d6a7"),  # text, background, border
