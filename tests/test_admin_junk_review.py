@@ -322,6 +322,7 @@ def test_html_report_is_self_contained_and_escaped(make_mailbox, entra, dovecot,
         < page.index("You won 1,000,000")
     )
     assert "--rescue " in page  # the command for the likely false positives
+    assert f"junk-review --config.file={config} --mailbox desk --rescue " in page
     assert snapshot(dovecot, mailbox.upn) == before
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -33,6 +33,17 @@ def test_check_table_and_json_carry_the_config_file(make_mailbox, entra, dovecot
     )
 
 
+def test_admin_commands_failure_hints_carry_the_config_file(
+    make_mailbox, entra, dovecot, tmp_path, capsys
+):
+    config = _not_signed_in(make_mailbox, entra, dovecot, tmp_path)
+    login = f"o365-mailbox-exporter login --config.file={config} --mailbox mfa"
+    for command in ("junk-review", "oversized"):
+        code, _out, err = run_cli(capsys, command, f"--config.file={config}", "--mailbox=mfa")
+        assert code == 1
+        assert f"hint: Run `{login}` to sign in with a device code." in err, err
+
+
 def test_a_relative_config_path_becomes_absolute(
     make_mailbox, entra, dovecot, tmp_path, capsys, monkeypatch
 ):

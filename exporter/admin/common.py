@@ -11,7 +11,7 @@ from typing import Any, TextIO
 from exporter.admin.imap_session import AdminImapSession
 from exporter.auth import MailboxAuth, tls_context
 from exporter.config import Config, MailboxConfig
-from exporter.failures import CheckFailed, Failure
+from exporter.failures import CheckFailed, Failure, pasteable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -37,13 +37,15 @@ def admin_session(config: Config, mailbox: MailboxConfig) -> Iterator[AdminImapS
         session.logout()
 
 
-def report_failure(err: CheckFailed, command: str, stderr: TextIO) -> int:
+def report_failure(
+    err: CheckFailed, command: str, stderr: TextIO, config: Config, mailbox: MailboxConfig
+) -> int:
+    """The failure and its hint, the hint's commands completed with the config and mailbox in
+    use so that they can be pasted."""
     failure: Failure = err.failure
     code = f" {failure.code}" if failure.code else ""
-    stderr.write(
-        f"{command}: failed: {failure.reason}{code}: {failure.message}\n"
-        f"hint: {failure.remediation}\n"
-    )
+    hint = pasteable(failure.remediation, config.path, mailbox.name)
+    stderr.write(f"{command}: failed: {failure.reason}{code}: {failure.message}\nhint: {hint}\n")
     return EXIT_FAILED
 
 

@@ -189,7 +189,7 @@ def run(
         stderr.write(f"junk-review: {err}\n")
         return EXIT_USAGE
     except CheckFailed as err:
-        return report_failure(err, "junk-review", stderr)
+        return report_failure(err, "junk-review", stderr, config, mailbox)
     except StateError as err:
         stderr.write(f"junk-review: cannot record the review: {err}\n")
         return EXIT_FAILED
@@ -200,7 +200,7 @@ def run(
         document["ack"] = ack_json(review, ack_path)
         write_json(document, stdout)
     elif options.output == "html":
-        stdout.write(render_report(listing))
+        stdout.write(render_report(listing, config.path))
     else:
         stdout.write(listing_table(listing) + "\n")
     notes = stdout if options.output == "table" else stderr

@@ -113,7 +113,7 @@ def run(
             if options.move_to is not None:
                 outcome = move_oversized(session, inbox, messages, options.move_to, yes=options.yes)
     except CheckFailed as err:
-        return report_failure(err, "oversized", stderr)
+        return report_failure(err, "oversized", stderr, config, mailbox)
     if options.output == "json":
         write_json(document(mailbox, messages, outcome), stdout)
     else:

@@ -7,6 +7,7 @@ message escaped: a subject is attacker-controlled text.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from html import escape
 
@@ -19,6 +20,7 @@ from exporter.admin.verdicts import (
     SFV_MEANING,
     SPAM,
 )
+from exporter.failures import command_line
 
 _BADGE = {
     LIKELY_FALSE_POSITIVE: ("#1b5e20", "#e8f5e9", "#a5d6a7"),  # text, background, border
@@ -70,16 +72,21 @@ def _row(m: JunkMessage) -> str:
     return "<tr>" + "".join(cells) + "</tr>"
 
 
-def render_report(listing: JunkListing) -> str:
+def render_report(listing: JunkListing, config_file: str | os.PathLike[str] | None = None) -> str:
+    """The page; its rescue command carries `config_file` (the --config.file in use)."""
     counts = Counter(m.assessment.label for m in listing.messages)
     summary = " &middot; ".join(
         f"{_badge(label)}&nbsp;{counts.get(label, 0)}" for label in ASSESSMENT_ORDER
     )
     likely = [m.uid for m in listing.messages if m.assessment.label == LIKELY_FALSE_POSITIVE]
-    command = (
-        f"o365-mailbox-exporter junk-review --config.file=CONFIG --mailbox {listing.mailbox} "
-        f"--rescue {','.join(map(str, likely))} --yes"
-    )
+    rescue = f" --rescue {','.join(map(str, likely))} --yes"
+    if config_file is not None:
+        command = command_line("junk-review", config_file, listing.mailbox, rescue)
+    else:  # a page rendered without a config at hand
+        command = (
+            "o365-mailbox-exporter junk-review --config.file=CONFIG "
+            f"--mailbox {listing.mailbox}{rescue}"
+        )
     rescue_hint = (
         f'<p style="margin:12px 0">To move the likely false positives back to the inbox '
         f'(after reading them):<br><code style="background:#f3f5f7;padding:2px 6px;'
