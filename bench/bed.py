@@ -20,7 +20,7 @@ import trustme
 import yaml
 
 from bench.maildir import MaildirWriter, Message
-from bench.measure import ByteCountingProxy, SessionCount, imap_command_log
+from bench.measure import ByteCountingProxy, CommandRecorder, SessionCount
 from tests.testbed import Dovecot, FakeEntra, start_fake_entra
 
 TENANT = "contoso.onmicrosoft.com"
@@ -155,13 +155,15 @@ class BenchBed:
         return path
 
     def count_imap_session(self, name: str) -> SessionCount:
-        """One steady-state run of `name` in this process: its IMAP commands (from imapclient's
-        debug log), its bytes on the wire (through a counting relay) and its token requests."""
+        """One steady-state run of `name` in this process: its IMAP commands (as Dovecot gets
+        them, through a recording relay), its bytes on the wire (through a counting relay)
+        and its token requests."""
         from exporter.config import load_config
         from exporter.runner import MailboxRunner, Watchdog
 
         assert self.dovecot is not None and self.entra is not None
-        proxy = ByteCountingProxy(("127.0.0.1", self.dovecot.port))
+        recorder = CommandRecorder(self.ca, self.dovecot.port)
+        proxy = ByteCountingProxy(("127.0.0.1", recorder.port))
         try:
             path = self.write_config(
                 self.workdir / f"count-{name}.yml",
@@ -174,12 +176,12 @@ class BenchBed:
             runner = MailboxRunner(config.mailboxes[0], config.state_dir, Watchdog())
             runner.run(lambda _result: None)  # first run: OIDC discovery and a password sign-in
             proxy.reset()
+            recorder.commands.clear()
             token_requests = self.entra.attempts()
-            with imap_command_log() as log:
-                results = runner.run(lambda _result: None)
+            results = runner.run(lambda _result: None)
             time.sleep(0.1)  # the relay forwards the last TLS records after LOGOUT returns
             return SessionCount(
-                commands=list(log.commands.values()),
+                commands=list(recorder.commands),
                 wire_sent=proxy.sent,
                 wire_received=proxy.received,
                 token_requests=self.entra.attempts() - token_requests,
@@ -187,6 +189,7 @@ class BenchBed:
             )
         finally:
             proxy.close()
+            recorder.close()
 
     def _runner(self, name: str, tag: str) -> Any:
         from exporter.config import load_config

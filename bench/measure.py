@@ -7,8 +7,6 @@ runs one `MailboxRunner` in the bench process to see the IMAP dialogue line by l
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import re
 import selectors
@@ -20,7 +18,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,10 +48,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def http_get(url: str, timeout: float = 30.0) -> tuple[bytes, float]:
-    """The body and the client-side wall time of one GET."""
+def http_get(url: str, timeout: float = 30.0, gzip: bool = False) -> tuple[bytes, float]:
+    """The body (as sent: compressed when `gzip` and the server compressed it) and the
+    client-side wall time of one GET."""
     began = time.perf_counter()
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+    request = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"} if gzip else {})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         body: bytes = response.read()
     return body, time.perf_counter() - began
 
@@ -73,9 +73,10 @@ def wait_http(url: str, timeout: float = 20.0) -> None:
 class Process:
     """A child process with its log in `log_path`; stopped by its own pid only."""
 
-    def __init__(self, argv: Sequence[str], log_path: Path) -> None:
+    def __init__(self, argv: Sequence[str], log_path: Path, cwd: Path = ROOT) -> None:
         self.argv = list(argv)
         self.log_path = log_path
+        self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -86,7 +87,11 @@ class Process:
     def start(self) -> None:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                self.argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                self.argv,
+                cwd=self.cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
 
     def alive(self) -> bool:
@@ -120,7 +125,9 @@ class Process:
 
 
 class Exporter(Process):
-    def __init__(self, config: Path, log_path: Path, extra: Sequence[str] = ()) -> None:
+    def __init__(
+        self, config: Path, log_path: Path, extra: Sequence[str] = (), root: Path = ROOT
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__(
@@ -134,6 +141,7 @@ class Exporter(Process):
                 *extra,
             ],
             log_path,
+            root,  # `python -m exporter` runs the tree in this directory
         )
 
     def start(self) -> None:
@@ -269,38 +277,33 @@ class ByteCountingProxy:
         self._server.close()
 
 
-_TAG_RE = re.compile(r"""^> b['"]([A-Z]+\d+) ([A-Z]+)(?: ([A-Z]+))?""")
+class CommandRecorder:
+    """A TLS relay in front of Dovecot (the test bed's Exchange relay, transparent `dovecot`
+    personality) that keeps every tagged command the client sends, in order: what reaches the
+    server, whatever library sent it."""
 
+    def __init__(self, ca: object, port: int) -> None:
+        from tests.testbed.exchange_imap import ExchangeImapRelay
 
-class _CommandLog(logging.Handler):
-    """Collects the tagged commands imapclient sends (it logs every line at DEBUG)."""
+        recorder = self
 
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.commands: dict[str, str] = {}  # tag -> command name
+        class _Relay(ExchangeImapRelay):
+            def _answer_locally(
+                self, session: object, tag: bytes, name: str, line: bytes
+            ) -> bytes | None:
+                words = line.split()[1:3]
+                verb = words[0].decode("ascii", "replace").upper()
+                if verb == "UID" and len(words) > 1:
+                    verb += " " + words[1].decode("ascii", "replace").upper()
+                recorder.commands.append(verb)
+                return super()._answer_locally(session, tag, name, line)  # type: ignore[arg-type]
 
-    def emit(self, record: logging.LogRecord) -> None:
-        match = _TAG_RE.match(record.getMessage())
-        if match:
-            tag, verb, second = match.groups()
-            name = f"UID {second}" if verb == "UID" and second else verb
-            self.commands.setdefault(tag, name)
+        self.commands: list[str] = []
+        self.relay = _Relay(ca, "127.0.0.1", port, personality="dovecot").start()  # type: ignore[arg-type]
+        self.port = self.relay.port
 
-
-@contextlib.contextmanager
-def imap_command_log() -> Iterator[_CommandLog]:
-    handler = _CommandLog()
-    logger = logging.getLogger("imapclient")
-    old_level, old_propagate = logger.level, logger.propagate
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
-        logger.propagate = old_propagate
+    def close(self) -> None:
+        self.relay.stop()
 
 
 @dataclass

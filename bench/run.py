@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import os
 import shutil
@@ -31,9 +32,11 @@ from pathlib import Path
 
 from bench.bed import BenchBed, small_inbox, steady_inbox, storm_inbox
 from bench.measure import (
+    ROOT,
     DovecotLog,
     Exporter,
     Process,
+    Sample,
     SessionCount,
     free_port,
     http_get,
@@ -59,6 +62,8 @@ class Scenario:
     timeout: float = 0.0  # per check; 0 = the interval
     probe_rate: float = 0.0  # > 0: --probe.only, driven through /probe at this rate
     profile: float = 0.0  # seconds of py-spy after the window
+    naive: bool = False  # the naive msal + imapclient script (bench/naive.py) instead
+    root: Path | None = None  # another exporter tree (--baseline): the "before" rows
 
 
 @dataclass
@@ -78,6 +83,11 @@ class Result:
     peak_rss_mib: float = float("nan")
     metrics_ms: float = float("nan")  # median of 20 GETs of /metrics when idle
     metrics_kib: float = float("nan")
+    metrics_gzip_kib: float = float("nan")  # the same scrape with Accept-Encoding: gzip
+    metrics_gzip_ms: float = float("nan")
+    startup_peak_percent: float = float("nan")  # busiest second of the first cycle
+    startup_seconds: float = float("nan")  # start until every mailbox's first run ended
+    startup_cpu_s: float = float("nan")  # CPU seconds of that first cycle
     failures: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -85,6 +95,9 @@ class Result:
 def full_scenarios() -> list[Scenario]:
     return [
         Scenario("m1", "1 mailbox", "small", 1, interval=1, window=30),
+        Scenario(
+            "naive", "naive msal + imapclient script", "small", 1, interval=1, window=30, naive=True
+        ),
         Scenario("m100", "100 mailboxes", "small", 100, interval=10, window=30),
         Scenario(
             "m1000",
@@ -116,6 +129,9 @@ def full_scenarios() -> list[Scenario]:
 def quick_scenarios() -> list[Scenario]:
     return [
         Scenario("m1", "1 mailbox", "small", 1, interval=1, window=4),
+        Scenario(
+            "naive", "naive msal + imapclient script", "small", 1, interval=1, window=4, naive=True
+        ),
         Scenario("m10", "10 mailboxes", "small", 10, interval=2, window=4),
         Scenario("i100", "inbox 100", "steady-100", 1, interval=1, window=4),
         Scenario("i10k", "inbox 10,000", "steady-10000", 1, interval=1, window=4),
@@ -194,14 +210,21 @@ class Bench:
             interval=scenario.interval,
             timeout=scenario.timeout or scenario.interval,
         )
+        if scenario.naive:
+            self._measure_naive(config, scenario, names[0], result)
+            return result
         extra = ["--probe.only"] if scenario.probe_rate else []
-        exporter = Exporter(config, self.workdir / f"{scenario.key}.log", extra)
+        exporter = Exporter(
+            config, self.workdir / f"{scenario.key}.log", extra, root=scenario.root or ROOT
+        )
+        started = time.monotonic()
         exporter.start()
+        startup = StartupSampler(exporter, started)
         try:
             if scenario.probe_rate:
                 self._measure_probe(exporter, scenario, names[0], result)
             else:
-                self._measure_schedule(exporter, scenario, names, result)
+                self._measure_schedule(exporter, scenario, names, result, startup)
             result.peak_rss_mib = exporter.peak_rss_mib()
             if scenario.profile and self.profile:
                 self.profile_lines = profile(exporter, scenario.profile, self.workdir)
@@ -213,19 +236,60 @@ class Bench:
             result.wire_kib = (count.wire_sent + count.wire_received) / 1024
         return result
 
-    def _wait_first_runs(self, exporter: Exporter, names: list[str], timeout: float) -> None:
+    def _wait_first_runs(
+        self, exporter: Exporter, names: list[str], timeout: float, startup: StartupSampler
+    ) -> None:
         def all_ran() -> bool:
+            startup.sample()
             samples, _ = exporter.metrics()
             done = select(samples, "o365_mailbox_check_last_run_timestamp_seconds", check="junk")
             return len(done) >= len(names)
 
         if not spin_until(all_ran, timeout, step=1.0):
             raise SystemExit(f"bench: not every mailbox ran within {timeout:.0f}s")
+        startup.sample()
+
+    def _measure_naive(self, config: Path, scenario: Scenario, name: str, result: Result) -> None:
+        """The naive script (bench/naive.py) on the same mailbox: CPU over the window per
+        IMAP session that ended in it (Dovecot's log), as for the exporter."""
+        process = Process(
+            [sys.executable, "-m", "bench.naive", str(config), name, f"{scenario.interval:g}"],
+            self.workdir / f"{scenario.key}.log",
+        )
+        log = DovecotLog(self.bed.dovecot.log_path if self.bed.dovecot else Path())
+        users = {self.bed.users[name]}
+        offset = log.offset()
+        process.start()
+        try:
+            ok = spin_until(lambda: log.sessions(offset, log.offset(), users).count >= 2, 60)
+            if not ok:
+                raise SystemExit("bench: the naive script did not run")
+            began, cpu0, offset0 = time.monotonic(), process.cpu(), log.offset()
+            time.sleep(scenario.window)
+            cpu1, offset1, ended = process.cpu(), log.offset(), time.monotonic()
+            result.peak_rss_mib = process.peak_rss_mib()
+        finally:
+            process.stop()
+        sessions = log.sessions(offset0, offset1, users)
+        result.runs = sessions.count
+        result.cpu_percent = 100 * (cpu1 - cpu0) / (ended - began)
+        if sessions.count:
+            result.cpu_ms_per_run = 1000 * (cpu1 - cpu0) / sessions.count
+            result.imap_in = sessions.bytes_in / sessions.count
+            result.imap_out = sessions.bytes_out / sessions.count
 
     def _measure_schedule(
-        self, exporter: Exporter, scenario: Scenario, names: list[str], result: Result
+        self,
+        exporter: Exporter,
+        scenario: Scenario,
+        names: list[str],
+        result: Result,
+        startup: StartupSampler,
     ) -> None:
-        self._wait_first_runs(exporter, names, timeout=3 * scenario.interval + 120)
+        self._wait_first_runs(exporter, names, 3 * scenario.interval + 120, startup)
+        result.startup_peak_percent = startup.peak_percent
+        result.startup_seconds = startup.elapsed
+        result.startup_cpu_s = startup.cpu
         if scenario.interval >= 10:
             exporter.wait_idle(quiet=1.0, timeout=2 * scenario.interval)
         users = {self.bed.users[name] for name in names}
@@ -267,6 +331,12 @@ class Bench:
             timings.append(seconds)
         result.metrics_ms = 1000 * median(timings)
         result.metrics_kib = len(body) / 1024
+        timings = []
+        for _ in range(20):
+            body, seconds = http_get(exporter.url + "/metrics", gzip=True)
+            timings.append(seconds)
+        result.metrics_gzip_ms = 1000 * median(timings)
+        result.metrics_gzip_kib = len(body) / 1024
 
     def _measure_probe(
         self, exporter: Exporter, scenario: Scenario, name: str, result: Result
@@ -336,7 +406,31 @@ class Bench:
             process.stop()
 
 
-def collect_walls(samples: list, walls: dict[tuple[str, float], float]) -> None:
+class StartupSampler:
+    """The exporter's CPU from its start until every first run ended: the busiest second (as %
+    of one core) and the total. First runs start at most about ten a second, by name."""
+
+    def __init__(self, process: Process, started: float) -> None:
+        self.process = process
+        self.started = started
+        self.last_at = started
+        self.last_cpu = 0.0  # a new process: CPU counted from zero
+        self.peak_percent = 0.0
+        self.cpu = 0.0
+        self.elapsed = 0.0
+
+    def sample(self) -> None:
+        now, cpu = time.monotonic(), self.process.cpu()
+        if now - self.last_at >= 0.5:
+            self.peak_percent = max(
+                self.peak_percent, 100 * (cpu - self.last_cpu) / (now - self.last_at)
+            )
+            self.last_at, self.last_cpu = now, cpu
+        self.cpu = cpu
+        self.elapsed = now - self.started
+
+
+def collect_walls(samples: list[Sample], walls: dict[tuple[str, float], float]) -> None:
     """Per (mailbox, end of its latest run): the sum of its checks' wall times."""
     ended = {
         s.labels["mailbox"]: s.value
@@ -493,6 +587,7 @@ def table(results: list[Result]) -> str:
         "IMAP B in/out",
         "peak RSS MiB",
         "/metrics ms",
+        "/metrics KiB plain/gzip",
         "failures",
     ]
     rows = [header]
@@ -511,6 +606,7 @@ def table(results: list[Result]) -> str:
                 f"{_fmt(r.imap_in, 0)}/{_fmt(r.imap_out, 0)}",
                 _fmt(r.peak_rss_mib),
                 _fmt(r.metrics_ms),
+                f"{_fmt(r.metrics_kib, 0)}/{_fmt(r.metrics_gzip_kib, 0)}",
                 str(r.failures),
             ]
         )
@@ -519,57 +615,78 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def targets(results: dict[str, Result], blackbox: dict[str, float]) -> list[str]:
+def targets(
+    results: dict[str, Result], blackbox: dict[str, float], counts: dict[str, SessionCount]
+) -> list[str]:
+    """Issue 13's targets, as ratios measured in this run."""
     lines = []
 
     def verdict(ok: bool) -> str:
         return "MET" if ok else "NOT MET"
 
-    small, large = results.get("i100"), results.get("i100k")
-    if small and large:
-        ratio = large.cpu_ms_per_run / small.cpu_ms_per_run
-        wall = large.wall_ms / small.wall_ms
+    small_count = counts.get("small")
+    if small_count is not None:
+        after_login = len(small_count.commands) - small_count.commands.count("CAPABILITY") - 1
         lines.append(
-            f"- inbox 100,000 vs 100: CPU {ratio:.2f}x (target <= 1.5x): {verdict(ratio <= 1.5)}; "
-            f"wall {wall:.2f}x; IMAP commands {large.imap_commands} vs {small.imap_commands}; "
-            f"wire {large.wire_kib:.1f} vs {small.wire_kib:.1f} KiB"
+            f"- IMAP commands per steady-state run after the login (Junk and Sent): "
+            f"{after_login} (target <= 10): {verdict(after_login <= 10)}; in all "
+            f"{len(small_count.commands)}: {' '.join(small_count.commands)}"
         )
-    storm = results.get("storm")
-    if small and storm:
-        lines.append(
-            f"- inbox 100,000 all arrived today vs 100: CPU "
-            f"{storm.cpu_ms_per_run / small.cpu_ms_per_run:.1f}x, wall "
-            f"{storm.wall_ms / small.wall_ms:.1f}x, wire {storm.wire_kib:.0f} KiB "
-            "(not a target; the oldest-message search's worst case)"
-        )
-    many = results.get("m1000")
-    if many:
-        ok = many.cpu_percent < 25 and many.peak_rss_mib < 200
-        lines.append(
-            f"- 1,000 mailboxes at 60s: {many.cpu_percent:.1f}% of a core (target < 25%), "
-            f"peak RSS {many.peak_rss_mib:.0f} MiB (target < 200): {verdict(ok)}"
-        )
-        lines.append(
-            f"- /metrics at 1,000 mailboxes: {many.metrics_ms:.1f} ms median of 20 "
-            f"({many.metrics_kib:.0f} KiB) (target < 100 ms): {verdict(many.metrics_ms < 100)}"
-        )
+    naive = results.get("naive")
+    for key in ("m1", "m1000", "probe"):
+        ours = results.get(key)
+        if ours is None:
+            continue
+        if blackbox:
+            per_probe = blackbox["cpu_ms_per_probe"]
+            ratio = ours.cpu_ms_per_run / per_probe
+            lines.append(
+                f"- CPU per mailbox run / blackbox TLS banner probe, {ours.label}: "
+                f"{ours.cpu_ms_per_run:.2f} / {per_probe:.2f} = {ratio:.2f}x "
+                f"(target <= 2.0x, stretch 1.5x): {verdict(ratio <= 2.0)}"
+            )
+        if naive is not None and key != "m1000":
+            ratio = ours.cpu_ms_per_run / naive.cpu_ms_per_run
+            lines.append(
+                f"- CPU per mailbox run / naive msal + imapclient script, {ours.label}: "
+                f"{ours.cpu_ms_per_run:.2f} / {naive.cpu_ms_per_run:.2f} = {ratio:.2f}x "
+                f"(target < 1): {verdict(ratio < 1)}"
+            )
     if blackbox:
-        per_probe = blackbox["cpu_ms_per_probe"]
         lines.append(
-            f"- blackbox_exporter TLS IMAP banner probe: {per_probe:.2f} ms CPU per probe "
-            f"({blackbox['probes']:.0f} probes at {blackbox['rate']:g}/s, median "
+            f"- blackbox_exporter TLS IMAP banner probe: {blackbox['cpu_ms_per_probe']:.2f} ms "
+            f"CPU per probe ({blackbox['probes']:.0f} probes at {blackbox['rate']:g}/s, median "
             f"{blackbox['probe_ms']:.1f} ms, peak RSS {blackbox['peak_rss_mib']:.0f} MiB, "
             f"{blackbox['failed']:.0f} failed)"
         )
-        for key in ("m1", "m1000", "probe"):
-            ours = results.get(key)
-            if ours:
-                ratio = ours.cpu_ms_per_run / per_probe
-                lines.append(
-                    f"- CPU per mailbox run / blackbox probe, {ours.label}: "
-                    f"{ours.cpu_ms_per_run:.2f} / {per_probe:.2f} = {ratio:.2f}x "
-                    f"(target <= 2x): {verdict(ratio <= 2)}"
-                )
+    many = results.get("m1000")
+    if many:
+        ok = many.cpu_percent <= 15 and many.peak_rss_mib <= 150
+        lines.append(
+            f"- 1,000 mailboxes at 60s: {many.cpu_percent:.1f}% of a core (target <= 15%), "
+            f"peak RSS {many.peak_rss_mib:.0f} MiB (target <= 150): {verdict(ok)}; "
+            f"per mailbox about {(many.peak_rss_mib - 50) / many.mailboxes:.3f} MiB above "
+            "a 50 MiB process"
+        )
+        lines.append(
+            f"- start-up: first runs of all 1,000 within {many.startup_seconds:.0f}s, "
+            f"{many.startup_cpu_s:.1f} CPU s, busiest second {many.startup_peak_percent:.0f}% "
+            "of a core"
+        )
+        lines.append(
+            f"- /metrics at 1,000 mailboxes: {many.metrics_ms:.1f} ms plain "
+            f"({many.metrics_kib:.0f} KiB), {many.metrics_gzip_ms:.1f} ms gzip "
+            f"({many.metrics_gzip_kib:.0f} KiB) (target < 100 ms): "
+            f"{verdict(max(many.metrics_ms, many.metrics_gzip_ms) < 100)}"
+        )
+    small, large = results.get("i100"), results.get("i100k")
+    if small and large:
+        ratio = large.cpu_ms_per_run / small.cpu_ms_per_run
+        lines.append(
+            f"- inbox 100,000 vs 100 (issue 7): CPU {ratio:.2f}x (target <= 1.5x): "
+            f"{verdict(ratio <= 1.5)}; IMAP commands {large.imap_commands} vs "
+            f"{small.imap_commands}"
+        )
     return lines
 
 
@@ -604,10 +721,10 @@ def report(bench: Bench, elapsed: float) -> str:
         "",
         table(bench.results),
         "",
-        "Targets (issue 7):",
-        *targets(by_key, bench.blackbox),
+        "Targets (issue 13):",
+        *targets(by_key, bench.blackbox, bench.counts),
     ]
-    parts += ["", "One steady-state run, seen from inside (in-process, imapclient debug log):"]
+    parts += ["", "One steady-state run, seen from inside (in-process, a recording relay):"]
     for shape, count in bench.counts.items():
         parts.append(
             f"- {shape}: {len(count.commands)} commands ({' '.join(count.commands)}); "
@@ -642,6 +759,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma-separated scenario keys (m1,i100k,...)")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="a checkout of an earlier release: its rows (m1, m1000, probe) measured too",
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         say("bench: run as root (the fake Entra ID also listens on port 443)")
@@ -650,6 +773,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         wanted = set(args.only.split(","))
         scenarios = [s for s in scenarios if s.key in wanted]
+    if args.baseline is not None:  # the same configurations run by an older tree, interleaved
+        with_before = []
+        for scenario in scenarios:
+            if scenario.key in ("m1", "m1000", "probe"):
+                with_before.append(
+                    dataclasses.replace(
+                        scenario,
+                        key=scenario.key + "-before",
+                        label=scenario.label + " (before)",
+                        root=args.baseline.resolve(),
+                        profile=0.0,
+                    )
+                )
+            with_before.append(scenario)
+        scenarios = with_before
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="o365-bench-"))).resolve()
     bench = Bench(workdir, scenarios, profile=not args.no_profile and not args.quick)
     began = time.monotonic()

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import fcntl
+import functools
 import hashlib
 import ipaddress
 import json
@@ -43,6 +45,8 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from exporter.config import MailboxConfig, read_secret
 from exporter.errors import SecretError, StateError
 from exporter.failures import (
+    DEVICE_CODE_ERRORS,
+    PROGRAM,
     CheckFailed,
     Failure,
     aadsts_code,
@@ -121,6 +125,10 @@ class HttpSession(requests.Session):
 
     def __init__(self, verify: str | bool, timeout: float, proxy_url: str | None = None) -> None:
         super().__init__()
+        # Proxies and verify are passed with every request; requests' own reading of the
+        # environment (proxies, .netrc, REQUESTS_CA_BUNDLE) walked all of os.environ several
+        # times per refresh: 17 % of a run's CPU.
+        self.trust_env = False
         self.mount("https://", _SessionAdapter())
         self.verify = verify
         self.default_timeout = timeout
@@ -174,7 +182,9 @@ class HttpSession(requests.Session):
         exactly what it means to requests."""
         if self.proxy_url:
             return {"http": self.proxy_url, "https": self.proxy_url}
-        return dict(requests.utils.get_environ_proxies(url))
+        parts = urlsplit(url)
+        variables = tuple(os.environ.get(name) for name in _PROXY_VARIABLES)
+        return dict(_environ_proxies(f"{parts.scheme}://{parts.netloc}", variables))
 
     def redact(self, text: str) -> str:
         """`text` without the proxy password (requests and urllib3 may quote a proxy URL)."""
@@ -208,6 +218,23 @@ class HttpSession(requests.Session):
         """`abort()`, then requests' close (idle pooled connections are dropped)."""
         self.abort()
         super().close()
+
+
+# The variables requests reads for an HTTP(S) proxy decision. The decision is cached per host
+# and per value of these, so a changed environment (a test, a re-exec) is read again.
+_PROXY_VARIABLES = (
+    "https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY",
+    "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY",
+)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=256)
+def _environ_proxies(
+    origin: str, _variables: tuple[str | None, ...]
+) -> tuple[tuple[str, str], ...]:
+    """requests' own reading of the proxy variables for `origin` (so NO_PROXY means what it
+    means to requests), as a hashable tuple."""
+    return tuple(sorted(requests.utils.get_environ_proxies(origin + "/").items()))
 
 
 # Entra ID's error answers are small JSON objects; a larger body is not one of them.
@@ -529,9 +556,45 @@ class FlockTokenCache(PersistedTokenCache):  # type: ignore[misc]
     kernel releases a flock when its process dies, so a crash never leaves a lock behind. The
     lock file (`NAME.json.lock`, empty, 0600) stays in place; reads stay lock-free (every
     write is an atomic replace).
+
+    One serialisation and one durable write per token answer: MSAL records an answer with a
+    `modify()` per credential type (access token, refresh token, ID token, account, app
+    metadata), and msal-extensions reloads, serialises, writes and fsyncs the whole cache for
+    each of them. Here `add()` (one answer) applies them in memory and writes once, under the
+    flock; as do the removals of access tokens that come just before a new one (app-only
+    flows: `remove_tokens_for_client`), which ride along with the next write; a refresh-token
+    grant's answer rides along with the rotated refresh token's `update_rt()` that MSAL makes
+    right after it (should a server send no new refresh token, with the next write: the file
+    then keeps the still valid old one). Another process
+    (`login`, `check`) that wrote the file meanwhile is not overwritten: its version is loaded
+    under the lock and this process's changes are applied on top, as msal-extensions does per
+    `modify()`. Every other change (a removed refresh token or account) is written at once.
     """
 
     LOCK_WAIT_SECONDS = 5.0
+
+    def __init__(self, persistence: Any, lock_location: str | None = None) -> None:
+        super().__init__(persistence, lock_location)
+        self._deferring = False
+        self._pending: list[tuple[Any, Any, Any]] = []  # modify() calls not yet written
+
+    def add(self, event: Any, **kwargs: Any) -> None:
+        self._deferring = True
+        try:
+            super().add(event, **kwargs)
+        finally:
+            self._deferring = False
+        # A refresh-token grant's answer comes without its new refresh token: MSAL stores that
+        # right after, by update_rt() (a modify() written at once), so both go in one write.
+        response = event.get("response") if isinstance(event, dict) else None
+        rotating = (
+            event.get("grant_type") == "refresh_token"
+            and isinstance(response, dict)
+            and "refresh_token" not in response
+        )
+        if self._pending and not rotating:
+            with self._flock():
+                self._write_pending()
 
     def modify(
         self,
@@ -539,14 +602,30 @@ class FlockTokenCache(PersistedTokenCache):  # type: ignore[misc]
         old_entry: Any,
         new_key_value_pairs: Any = None,
     ) -> None:
+        # The grandparent's modify changes memory only (the parent's would lock and write).
+        change = (credential_type, old_entry, new_key_value_pairs)
+        removes_access_token = (
+            credential_type == self.CredentialType.ACCESS_TOKEN and new_key_value_pairs is None
+        )
+        if self._deferring or removes_access_token:
+            super(PersistedTokenCache, self).modify(*change)
+            self._pending.append(change)
+            return
         with self._flock():
-            self._reload_if_necessary()
-            # The grandparent's modify: the parent's would take its own lock as well.
-            super(PersistedTokenCache, self).modify(
-                credential_type, old_entry, new_key_value_pairs=new_key_value_pairs
-            )
-            self._persistence.save(self.serialize())
-            self._last_sync = time.time()
+            self._pending.append(change)
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        """Under the flock: the file's latest version (if another process changed it), this
+        process's pending changes on top, one write."""
+        self._reload_if_necessary()
+        # Replayed even when nothing was reloaded: a search() in the middle of add() may have
+        # reloaded the file over changes made before it. A replay is idempotent.
+        for change in self._pending:
+            super(PersistedTokenCache, self).modify(*change)
+        self._persistence.save(self.serialize())
+        self._last_sync = time.time()
+        self._pending.clear()
 
     @contextlib.contextmanager
     def _flock(self) -> Iterator[None]:
@@ -707,8 +786,7 @@ class MailboxAuth:
             raise fail(
                 "interaction_required",
                 "no signed-in account in the token cache",
-                hint=f"Run `o365-mailbox-exporter login --mailbox {self.mailbox.name}` "
-                "to sign in with a device code.",
+                hint="Run `o365-mailbox-exporter login` to sign in with a device code.",
             )
         if "access_token" not in result:
             failure = classify_token_error(
@@ -719,16 +797,96 @@ class MailboxAuth:
         return Token(result["access_token"], time.time() + expires_in)
 
     # -- `login`: device code ----------------------------------------------------------------
-    def device_code_login(self, show: Callable[[str], None]) -> Token:
-        """Interactive device-code sign-in; seeds the token cache with a refresh token."""
+    def device_code_login(self, show: Callable[[DeviceCodePrompt], None]) -> DeviceLogin:
+        """Interactive device-code sign-in; seeds the token cache with a refresh token.
+
+        Only the configured user may seed the cache: a code approved in a browser signed in as
+        someone else (typically the admin running `login`) is refused, and that account's
+        tokens are removed from the cache file again (`WrongAccountError`). An expired or
+        declined code fails with `interaction_required` and a hint of its own."""
         self.session.resume()
         app = self._application("")
         flow = app.initiate_device_flow(scopes=list(self.mailbox.scopes))
         if "user_code" not in flow:
             raise CheckFailed(classify_token_error(flow, self.session.last_status))
-        show(str(flow["message"]))
+        expires_in = float(flow.get("expires_in") or 0)
+        show(
+            DeviceCodePrompt(
+                message=str(flow["message"]),
+                user_code=str(flow["user_code"]),
+                expires_in=expires_in,
+                expires_at=float(flow.get("expires_at") or time.time() + expires_in),
+            )
+        )
         result = app.acquire_token_by_device_flow(flow)
-        return self._token_from(result)
+        if result is not None and "access_token" not in result:
+            # A device-code answer is an OAuth error, not an HTTP failure: no "HTTP 400" in it.
+            device_error = result.get("error") in (*DEVICE_CODE_ERRORS, *_PENDING)
+            status = None if device_error else self.session.last_status
+            failure = classify_token_error(result, status)
+            if result.get("error") in (*_PENDING, "expired_token", "code_expired"):
+                minutes = f" ({expires_in / 60:.0f} minutes)" if expires_in else ""
+                message = f"the device code expired{minutes} before the sign-in was approved"
+                failure = dataclasses.replace(failure, message=message)
+            raise CheckFailed(failure)
+        signed_in = _signed_in_username(result)
+        wanted = self.mailbox.username
+        if signed_in is not None and signed_in.casefold() != wanted.casefold():
+            for account in app.get_accounts(username=signed_in):
+                app.remove_account(account)  # its refresh token must not stay in the cache
+            raise WrongAccountError(signed_in, wanted)
+        token = self._token_from(result)
+        return DeviceLogin(token, signed_in or wanted)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceCodePrompt:
+    """What `login` shows: Entra ID's instruction (URL and code) and how long the code lasts."""
+
+    message: str
+    user_code: str
+    expires_in: float  # seconds
+    expires_at: float  # unix time
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceLogin:
+    token: Token
+    username: str  # the account that actually signed in
+
+
+class WrongAccountError(CheckFailed):
+    """The device code was approved by an account other than the mailbox's `username`."""
+
+    def __init__(self, signed_in: str, wanted: str) -> None:
+        super().__init__(
+            Failure(
+                "interaction_required",
+                "",
+                f"the device code was approved in a browser signed in as {signed_in}, "
+                f"not as {wanted}; nothing was kept in the token cache",
+                f"Sign out of {signed_in} in that browser, or open a private window, run "
+                f"`{PROGRAM} login` again and sign in as {wanted}.",
+            )
+        )
+        self.signed_in = signed_in
+        self.wanted = wanted
+
+
+# What Entra ID answers while nobody has approved the code yet; MSAL returns it when the code's
+# lifetime is over.
+_PENDING = ("authorization_pending", "slow_down")
+
+
+def _signed_in_username(result: dict[str, Any] | None) -> str | None:
+    """The account a token answer is for: the id_token's preferred_username (what MSAL records
+    as the account's username), else its upn or email."""
+    claims = (result or {}).get("id_token_claims") or {}
+    for claim in ("preferred_username", "upn", "email"):
+        value = claims.get(claim)
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 def _may_fall_back_to_password(result: dict[str, Any] | None) -> bool:
@@ -775,10 +933,13 @@ def _network_failure(err: BaseException, session: HttpSession) -> CheckFailed:
 
 __all__ = [
     "AtomicFilePersistence",
+    "DeviceCodePrompt",
+    "DeviceLogin",
     "Failure",
     "HttpSession",
     "MailboxAuth",
     "Token",
+    "WrongAccountError",
     "ensure_state_dir",
     "tls_context",
     "token_cache",

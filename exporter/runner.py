@@ -16,7 +16,7 @@ from pathlib import Path
 
 from exporter.auth import MailboxAuth, tls_context
 from exporter.backoff import SIGN_IN_STEPS, BackoffStore, secret_key
-from exporter.checks import CHECKS, RunContext
+from exporter.checks import CHECKS, FolderMemory, RunContext
 from exporter.config import MailboxConfig
 from exporter.errors import ExporterError
 from exporter.failures import CREDENTIAL_REASONS, CheckFailed, Failure, fail, scrub
@@ -77,6 +77,7 @@ class MailboxRunner:
         self.watchdog = watchdog
         self.clock = clock
         self.backoff = BackoffStore(state_dir, mailbox.name)
+        self.folders = FolderMemory()  # Junk and Sent found once per config, not per run
         self.force = False  # `check --force`: try a held-back sign-in anyway
         self._auth: MailboxAuth | None = None
         self._tls: ssl.SSLContext | None = None
@@ -116,7 +117,7 @@ class MailboxRunner:
                 on_result(result)
             return results
         assert self._auth is not None and self._tls is not None
-        ctx = RunContext(self.mailbox, self._auth, self._tls)
+        ctx = RunContext(self.mailbox, self._auth, self._tls, folders=self.folders)
         passed: set[str] = set()
         key = secret_key(self.mailbox)
         try:

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 from exporter.auth import MailboxAuth, Token
 from exporter.config import MailboxConfig
-from exporter.imap import FolderStatus, ImapSession
+from exporter.failures import CheckFailed
+from exporter.imap import FolderStatus, ImapSession, pick_folder
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +70,37 @@ Measurement = (
 )
 
 
+class FolderMemory:
+    """Where Junk and Sent are, as one LIST found them, kept across the runs of one mailbox
+    config (the folder list of a mailbox hardly ever changes; a LIST per run is a round trip
+    and, on a big mailbox, the largest answer of the run).
+
+    Listed again when a folder role is not found in the remembered list (within the same run,
+    once), and in the next run after a folder check failed (`forget`)."""
+
+    def __init__(self) -> None:
+        self.listed: list[tuple[tuple[bytes, ...], str]] | None = None
+
+    def find(self, session: ImapSession, special_use: bytes, configured: str) -> str | None:
+        remembered = self.listed is not None
+        if self.listed is None:
+            self.listed = list(session.list_folders())
+        name = pick_folder(self.listed, special_use, configured)
+        if name is None and remembered:  # created since? ask the server once
+            self.listed = list(session.list_folders())
+            name = pick_folder(self.listed, special_use, configured)
+        if name is None:
+            self.listed = None  # a missing folder is looked for again next run
+        return name
+
+    def forget(self) -> None:
+        self.listed = None
+
+
 @dataclass
 class RunContext:
-    """What one mailbox run shares between its checks. Lives for one run only."""
+    """What one mailbox run shares between its checks. Lives for one run only (`folders`
+    outlives it: see FolderMemory)."""
 
     mailbox: MailboxConfig
     auth: MailboxAuth
@@ -79,10 +108,19 @@ class RunContext:
     token: Token | None = None
     imap: ImapSession | None = None
     inbox_status: FolderStatus | None = None
+    # STATUS INBOX (UNSEEN), asked by imap_login before its EXAMINE (a STATUS of the selected
+    # mailbox is a client bug to Dovecot); a failure of it is the inbox check's to report.
+    inbox_unseen: int | None = None
+    inbox_unseen_failure: CheckFailed | None = None
+    # Outlives the run: the runner keeps one per config (see FolderMemory).
+    folders: FolderMemory = field(default_factory=lambda: FolderMemory())
     measurements: list[Measurement] = field(default_factory=list)  # of the running check
     # Called from the watchdog's thread when a check overruns: each breaks one connection.
     aborters: list[Callable[[], None]] = field(default_factory=list)
     deadline: float = float("inf")  # monotonic end of the running check (timeout or probe)
+
+    def folder_memory(self) -> FolderMemory:
+        return self.folders
 
     def socket_timeout(self) -> float:
         """Per-operation socket timeout: the check's time left, so that even a step the

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import logging
 
-from exporter.admin.review_state import load_review, unreviewed_messages
 from exporter.checks import FolderMeasurement, JunkReviewMeasurement, RunContext
 from exporter.errors import StateError
-from exporter.failures import fail
+from exporter.failures import CheckFailed, fail
 from exporter.imap import JUNK, FolderStatus, ImapSession
+from exporter.review import load_review, unreviewed_messages
 
 log = logging.getLogger(__name__)
 
@@ -19,15 +19,20 @@ log = logging.getLogger(__name__)
 def check_junk(ctx: RunContext) -> None:
     session = ctx.session()
     configured = ctx.mailbox.folders.junk
-    folder = session.find_folder(JUNK, configured)
+    memory = ctx.folder_memory()
+    folder = memory.find(session, JUNK, configured)
     if folder is None:
         raise fail(
             "folder_missing",
             f"no folder marked \\Junk and none named {configured!r}",
             hint="Set folders.junk to the Junk folder's name in the mailbox's language.",
         )
-    status = session.examine(folder)
-    oldest = session.oldest_internaldate(status.messages)
+    try:
+        status = session.examine(folder)
+        oldest = session.oldest_internaldate(status.messages)
+    except CheckFailed:
+        memory.forget()  # the remembered name may be stale: LIST again next run
+        raise
     ctx.record(
         FolderMeasurement(
             folder="junk",
