@@ -34,14 +34,6 @@ from exporter import __version__
 from exporter.admin import doctor, esm_import, junk_review, oversized
 from exporter.auth import DeviceCodePrompt, WrongAccountError
 from exporter.backoff import BackoffStore, secret_key
-from exporter.checks import (
-    FolderMeasurement,
-    JunkReviewMeasurement,
-    Measurement,
-    OversizedMeasurement,
-    TlsMeasurement,
-    TokenMeasurement,
-)
 from exporter.config import Config, MailboxConfig, load_config
 from exporter.errors import ConfigError, ExporterError
 from exporter.failures import CheckFailed, Failure, force_hint, pasteable
@@ -414,32 +406,6 @@ def run_check(config: Config, mailbox_name: str | None, output: str, force: bool
     return EXIT_OK if passed else EXIT_FAILED
 
 
-def _measurement_json(m: Measurement) -> dict[str, Any]:
-    """One measurement as JSON fields; the Sent folder and credentials nest under their key."""
-    if isinstance(m, TokenMeasurement):
-        return {"token_expiry_timestamp_seconds": round(m.expires_at)}
-    if isinstance(m, FolderMeasurement):
-        fields = {
-            "folder": m.folder,
-            "messages": m.messages,
-            "unseen_messages": m.unseen,
-            "oldest_message_timestamp_seconds": m.oldest_timestamp,
-            "uidnext": m.uidnext,
-            "uidvalidity": m.uidvalidity,
-        }
-        return {"sent": fields} if m.folder == "sent" else fields
-    if isinstance(m, OversizedMeasurement):
-        return {"folder": m.folder, "oversized_messages": m.count, "largest_bytes": m.largest_bytes}
-    if isinstance(m, TlsMeasurement):
-        return {"tls_certificate_expiry_timestamp_seconds": round(m.not_after)}
-    if isinstance(m, JunkReviewMeasurement):
-        return {
-            "junk_last_review_timestamp_seconds": round(m.reviewed_at),
-            "junk_unreviewed_messages": m.unreviewed,
-        }
-    return {"credential_expiry_timestamp_seconds": {m.kind: round(m.expires_at)}}
-
-
 def _result_json(result: CheckResult, config_file: Path, mailbox: str) -> dict[str, Any]:
     failure = result.failure
     return {
@@ -450,7 +416,7 @@ def _result_json(result: CheckResult, config_file: Path, mailbox: str) -> dict[s
         "code": failure.code if failure else None,
         "message": failure.message if failure else None,
         "hint": _hint(failure, config_file, mailbox) if failure else None,
-    } | {key: value for m in result.measurements for key, value in _measurement_json(m).items()}
+    } | {key: value for m in result.measurements for key, value in m.as_json().items()}
 
 
 def _hint(failure: Failure, config_file: Path, mailbox: str, command: str = "check") -> str:
@@ -468,25 +434,8 @@ def _iso(timestamp: float | None) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def _summary_of(m: Measurement) -> str:
-    if isinstance(m, TokenMeasurement):
-        return f"token valid until {_iso(m.expires_at)}"
-    if isinstance(m, FolderMeasurement):
-        if m.folder == "sent":
-            return f"sent folder: {m.messages} messages"
-        unseen = f", {m.unseen} unseen" if m.unseen is not None else ""
-        return f"{m.messages} messages{unseen}, oldest {_iso(m.oldest_timestamp)}"
-    if isinstance(m, OversizedMeasurement):
-        return f"{m.count} oversized, largest {m.largest_bytes} bytes"
-    if isinstance(m, TlsMeasurement):
-        return f"server certificate valid until {_iso(m.not_after)}"
-    if isinstance(m, JunkReviewMeasurement):
-        return f"reviewed {_iso(m.reviewed_at)}, {m.unreviewed} unreviewed since"
-    return f"{m.kind.replace('_', ' ')} expires {_iso(m.expires_at)}"
-
-
 def _summary(result: CheckResult) -> str:
-    return "; ".join(_summary_of(m) for m in result.measurements)
+    return "; ".join(m.summary() for m in result.measurements)
 
 
 def _table(outcomes: list[tuple[MailboxConfig, list[CheckResult]]], config_file: Path) -> str:

@@ -16,26 +16,19 @@ from collections.abc import Callable, Iterator
 from prometheus_client import CollectorRegistry, generate_latest
 
 from exporter import __version__, revision
-from exporter.checks import (
-    CredentialMeasurement,
-    FolderMeasurement,
-    JunkReviewMeasurement,
-    Measurement,
-    OversizedMeasurement,
-    TlsMeasurement,
-    TokenMeasurement,
-)
+from exporter.checks.measurements import LATEST, MEASUREMENTS, Sample
 from exporter.config import Config, MailboxConfig
 from exporter.results import MailboxSnapshot, ResultStore
 from exporter.runner import runnable_checks
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BUILD_LABELS = (__version__, revision(), platform.python_version())
-_LATEST = " From the latest scheduled run, not from the scrape."
+_LATEST = LATEST
 
 
-# name -> (type, help, labels), in exposition order. Counters are exposed with the `_total`
-# suffix: o365_mailbox_check_failures_total, o365_mailbox_folder_arrived_messages_total.
+# name -> (type, help, labels), in exposition order: the families of a mailbox's runs here, then
+# those its checks measure (each declared beside its measurement). Counters are exposed with
+# the `_total` suffix: o365_mailbox_check_failures_total, ..._folder_arrived_messages_total.
 FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "o365_mailbox_up": (
         "gauge",
@@ -78,36 +71,6 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Failed check runs by reason and code (AADSTS or IMAP/SMTP reply code).",
         ("mailbox", "check", "reason", "code"),
     ),
-    "o365_mailbox_token_expiry_timestamp_seconds": (
-        "gauge",
-        "Expiry of the access token obtained by the latest token refresh." + _LATEST,
-        ("mailbox",),
-    ),
-    "o365_mailbox_folder_messages": (
-        "gauge",
-        "Messages in the folder (by role)." + _LATEST,
-        ("mailbox", "folder"),
-    ),
-    "o365_mailbox_folder_unseen_messages": (
-        "gauge",
-        "Messages without the \\Seen flag." + _LATEST,
-        ("mailbox", "folder"),
-    ),
-    "o365_mailbox_folder_oldest_message_timestamp_seconds": (
-        "gauge",
-        "INTERNALDATE of the folder's oldest message; absent when empty." + _LATEST,
-        ("mailbox", "folder"),
-    ),
-    "o365_mailbox_oversized_messages": (
-        "gauge",
-        "Messages larger than the oversized threshold." + _LATEST,
-        ("mailbox", "folder"),
-    ),
-    "o365_mailbox_oversized_largest_bytes": (
-        "gauge",
-        "Size of the largest oversized message, 0 when none." + _LATEST,
-        ("mailbox", "folder"),
-    ),
     "o365_mailbox_oversized_threshold_bytes": (
         "gauge",
         "The configured oversized threshold.",
@@ -117,27 +80,6 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "counter",
         "New messages in the folder, from UIDNEXT growth between runs.",
         ("mailbox", "folder"),
-    ),
-    "o365_mailbox_credential_expiry_timestamp_seconds": (
-        "gauge",
-        "Expiry of the mailbox's credential: kind=certificate from certificate_file, "
-        "kind=client_secret from auth.client_secret_expires.",
-        ("mailbox", "kind"),
-    ),
-    "o365_mailbox_tls_certificate_expiry_timestamp_seconds": (
-        "gauge",
-        "notAfter of the server certificate seen in the latest run's TLS handshake.",
-        ("mailbox", "endpoint"),
-    ),
-    "o365_mailbox_junk_last_review_timestamp_seconds": (
-        "gauge",
-        "Unix time an admin last recorded a Junk review (junk-review --ack); absent until one.",
-        ("mailbox",),
-    ),
-    "o365_mailbox_junk_unreviewed_messages": (
-        "gauge",
-        "Junk messages that arrived since the latest recorded review (by UID)." + _LATEST,
-        ("mailbox",),
     ),
     "o365_mailbox_exporter_build_info": (
         "gauge",
@@ -157,7 +99,10 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
 }
 
 
-Sample = tuple[str, tuple[str, ...], float]  # family, label values (in FAMILIES order), value
+# What the checks measure declares its own families (exporter/checks/measurements.py).
+for _kind in MEASUREMENTS:
+    for _family in _kind.FAMILIES:
+        FAMILIES[_family.name] = (_family.kind, _family.help, _family.labels)
 Lines = dict[str, list[str]]  # family -> rendered sample lines
 _EXPORTER_FAMILIES = (
     "o365_mailbox_exporter_build_info",
@@ -217,36 +162,13 @@ def mailbox_samples(
             last = snap.last_success[result.check]
             yield "o365_mailbox_check_last_success_timestamp_seconds", labels, last
         for m in result.measurements:
-            yield from _measurement_samples(name, m)
+            yield from m.samples(name)
     for (check, reason, code), count in sorted(snap.failures_total.items()):
         yield "o365_mailbox_check_failures", (name, check, reason, code), count
     for folder, arrived in sorted(snap.arrived_total.items()):
         yield "o365_mailbox_folder_arrived_messages", (name, folder), arrived
     if "oversized" in mailbox.checks:
         yield "o365_mailbox_oversized_threshold_bytes", (name,), mailbox.oversized_bytes
-
-
-def _measurement_samples(name: str, m: Measurement) -> Iterator[Sample]:
-    if isinstance(m, TokenMeasurement):
-        yield "o365_mailbox_token_expiry_timestamp_seconds", (name,), m.expires_at
-    elif isinstance(m, FolderMeasurement):
-        yield "o365_mailbox_folder_messages", (name, m.folder), m.messages
-        if m.unseen is not None:
-            yield "o365_mailbox_folder_unseen_messages", (name, m.folder), m.unseen
-        if m.oldest_timestamp is not None:
-            family = "o365_mailbox_folder_oldest_message_timestamp_seconds"
-            yield family, (name, m.folder), m.oldest_timestamp
-    elif isinstance(m, OversizedMeasurement):
-        yield "o365_mailbox_oversized_messages", (name, m.folder), m.count
-        yield "o365_mailbox_oversized_largest_bytes", (name, m.folder), m.largest_bytes
-    elif isinstance(m, TlsMeasurement):
-        family = "o365_mailbox_tls_certificate_expiry_timestamp_seconds"
-        yield family, (name, m.endpoint), m.not_after
-    elif isinstance(m, CredentialMeasurement):
-        yield "o365_mailbox_credential_expiry_timestamp_seconds", (name, m.kind), m.expires_at
-    elif isinstance(m, JunkReviewMeasurement):
-        yield "o365_mailbox_junk_last_review_timestamp_seconds", (name,), m.reviewed_at
-        yield "o365_mailbox_junk_unreviewed_messages", (name,), m.unreviewed
 
 
 class MetricsText:

@@ -42,8 +42,6 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from exporter.errors import ConfigError, SecretError
 
 FLOWS = ("password", "device_code", "client_secret", "client_certificate")
-CHECK_NAMES = ("token", "imap_login", "inbox", "oversized", "junk", "smtp_login")
-DEFAULT_CHECKS = ("token", "imap_login", "inbox", "oversized", "junk")
 DELEGATED_SCOPES = (
     "https://outlook.office365.com/IMAP.AccessAsUser.All",
     "https://outlook.office365.com/SMTP.Send",
@@ -56,14 +54,20 @@ DEFAULT_INTERVAL = "60s"
 DEFAULT_TIMEOUT = "30s"
 DEFAULT_OVERSIZED_BYTES = 25 * 1024 * 1024
 
-# A check runs only after the check it needs (see the contract's `dependency` reason).
-CHECK_NEEDS = {
-    "imap_login": "token",
-    "inbox": "imap_login",
-    "oversized": "imap_login",
-    "junk": "imap_login",
-    "smtp_login": "token",
-}
+
+def check_table() -> tuple[tuple[str, ...], dict[str, str], tuple[str, ...]]:
+    """The checks' names in run order, the check each needs (the contract's `dependency`) and
+    the default set, all from the one check table, `exporter.checks.CHECKS`."""
+    from exporter.checks import CHECKS  # not at the top: exporter.checks imports this module
+
+    names = tuple(CHECKS)
+    needs = {name: spec.needs for name, spec in CHECKS.items() if spec.needs is not None}
+    return names, needs, tuple(name for name, spec in CHECKS.items() if spec.default)
+
+
+def default_checks() -> tuple[str, ...]:
+    """The checks a mailbox runs when its config lists none."""
+    return check_table()[2]
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +116,7 @@ class MailboxConfig:
     smtp: Endpoint
     ca_file: Path | None
     folders: Folders
-    checks: tuple[str, ...]  # in CHECK_NAMES order
+    checks: tuple[str, ...]  # in the check table's order
     interval: float  # seconds
     timeout: float  # seconds
     oversized_bytes: int
@@ -839,22 +843,23 @@ class _Loader:
         )
 
     def _checks(self, field: _Field | None) -> tuple[str, ...]:
+        names, needs, default = check_table()
         if field is None:
-            return DEFAULT_CHECKS
+            return default
         items = self._strings(field)
         if items is None:
-            return DEFAULT_CHECKS
+            return default
         if not items:
             self.problems.at(field, "must list at least one check")
         chosen: dict[str, _Field] = {}
         all_known = True
         for item, check in items:
-            if check not in CHECK_NAMES:
+            if check not in names:
                 all_known = False
                 self.problems.at(
                     item,
-                    f'unknown check "{check}"; must be one of {", ".join(CHECK_NAMES)}'
-                    + _did_you_mean(check, CHECK_NAMES),
+                    f'unknown check "{check}"; must be one of {", ".join(names)}'
+                    + _did_you_mean(check, names),
                 )
             elif check in chosen:
                 self.problems.at(
@@ -863,10 +868,10 @@ class _Loader:
             else:
                 chosen[check] = item
         if all_known:  # a misspelt check already explains a missing dependency
-            for check, needed in CHECK_NEEDS.items():
+            for check, needed in needs.items():
                 if check in chosen and needed not in chosen:
                     self.problems.at(field, f"{check} needs {needed}")
-        return tuple(check for check in CHECK_NAMES if check in chosen)
+        return tuple(check for check in names if check in chosen)
 
     def _duration(self, field: _Field | None, default: str) -> tuple[float, str] | None:
         """(seconds, text as written), or None when invalid."""

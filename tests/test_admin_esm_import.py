@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from exporter.admin.esm_import import parse_properties
-from exporter.config import DEFAULT_CHECKS, DELEGATED_SCOPES, load_config
+from exporter.config import DELEGATED_SCOPES, default_checks, load_config
 from tests.conftest import run_cli, write_secret
 
 TESTDATA = Path(__file__).parent / "testdata"
@@ -111,7 +111,7 @@ def test_the_snippet_loads_as_a_config(tmp_path, capsys):
     assert mailbox.client_id == "46a662fb-0fed-4f72-a212-95216e5b0f28"
     assert mailbox.auth.flow == "password" and mailbox.auth.password_file == secret
     assert mailbox.scopes == DELEGATED_SCOPES
-    assert mailbox.checks == (*DEFAULT_CHECKS, "smtp_login")
+    assert mailbox.checks == (*default_checks(), "smtp_login")
     assert (mailbox.imap.host, mailbox.smtp.host) == ("outlook.office365.com", "smtp.office365.com")
 
 
@@ -126,7 +126,7 @@ def test_the_mailtask_snippet_loads_with_its_own_scopes(tmp_path, capsys):
     (mailbox,) = load_config(tmp_path / "config.yml").mailboxes
 
     assert mailbox.scopes == (IMAP,)
-    assert mailbox.checks == DEFAULT_CHECKS
+    assert mailbox.checks == default_checks()
     assert mailbox.tenant_id == "fabrikam.onmicrosoft.com"
 
 

@@ -18,13 +18,13 @@ import pytest
 
 from exporter.config import (
     APP_ONLY_SCOPES,
-    DEFAULT_CHECKS,
     DELEGATED_SCOPES,
     AuthConfig,
     Config,
     Endpoint,
     Folders,
     MailboxConfig,
+    default_checks,
     load_config,
     parse_duration,
     parse_size,
@@ -434,7 +434,7 @@ def test_full_example_loads_to_exact_values(config_dir: Path) -> None:
         smtp=Endpoint("smtp.office365.com", 587),
         ca_file=config_dir / "ca.pem",
         folders=Folders("INBOX", "Junk Email", "Sent Items"),
-        checks=DEFAULT_CHECKS,
+        checks=default_checks(),
         interval=120.0,
         timeout=45.0,
         oversized_bytes=20 * 1024 * 1024,

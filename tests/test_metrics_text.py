@@ -94,3 +94,23 @@ def test_probe_only_mode_has_no_interval():
     store.record("a", CheckResult("token", True, 0.1, 1000.0))
     samples = _samples(MetricsText(store, lambda: config, lambda: True, scheduled=False).render())
     assert not any(name == "o365_mailbox_check_interval_seconds" for name, _ in samples)
+
+
+def test_each_metric_and_check_is_declared_in_one_place():
+    """Measurements declare their own families; the collector lists them; the README documents
+    every family; the config knows exactly the checks of the check table."""
+    from exporter.checks import CHECKS
+    from exporter.checks.measurements import MEASUREMENTS
+    from exporter.collector import FAMILIES, exposed_name
+    from exporter.config import check_table, default_checks
+
+    declared = {f.name: f for kind in MEASUREMENTS for f in kind.FAMILIES}
+    for name, family in declared.items():
+        assert FAMILIES[name] == (family.kind, family.help, family.labels)
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    undocumented = [name for name in FAMILIES if f"`{exposed_name(name)}`" not in readme]
+    assert undocumented == []
+    names, needs, default = check_table()
+    assert names == tuple(CHECKS)
+    assert needs == {n: s.needs for n, s in CHECKS.items() if s.needs}
+    assert default_checks() == default == ("token", "imap_login", "inbox", "oversized", "junk")

@@ -28,11 +28,11 @@ import yaml
 
 from exporter.admin.common import EXIT_OK, EXIT_USAGE
 from exporter.config import (
-    DEFAULT_CHECKS,
     DEFAULT_IMAP,
     DEFAULT_SMTP,
     DELEGATED_SCOPES,
     PLACEHOLDER_USER,
+    default_checks,
 )
 
 AUTHORIZE_FORM = "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/authorize"
@@ -515,7 +515,7 @@ def render_yaml(snippet: MailboxSnippet, source: str, password_file: str | None)
     if snippet.smtp:
         lines.append(f"    smtp: {{host: {_scalar(snippet.smtp[0])}, port: {snippet.smtp[1]}}}")
     if snippet.smtp_login:
-        checks = [*DEFAULT_CHECKS, "smtp_login"]
+        checks = [*default_checks(), "smtp_login"]
         lines.append(f"    checks: [{', '.join(checks)}]")
     return "\n".join(lines) + "\n"
 

@@ -15,59 +15,32 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from exporter.auth import MailboxAuth, Token
+from exporter.checks.measurements import (
+    CredentialMeasurement,
+    FolderMeasurement,
+    JunkReviewMeasurement,
+    Measurement,
+    OversizedMeasurement,
+    TlsMeasurement,
+    TokenMeasurement,
+)
 from exporter.config import MailboxConfig
 from exporter.failures import CheckFailed
 from exporter.imap import FolderStatus, ImapSession, pick_folder
 
-
-@dataclass(frozen=True, slots=True)
-class TokenMeasurement:
-    expires_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class FolderMeasurement:
-    folder: str  # the role: inbox, junk, sent
-    messages: int
-    unseen: int | None
-    oldest_timestamp: float | None
-    uidnext: int | None = None  # with uidvalidity: the arrival counter's input
-    uidvalidity: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TlsMeasurement:
-    endpoint: str  # imap, smtp
-    not_after: float  # the server certificate's notAfter, unix time
-
-
-@dataclass(frozen=True, slots=True)
-class CredentialMeasurement:
-    kind: str  # certificate, client_secret
-    expires_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class OversizedMeasurement:
-    folder: str
-    count: int
-    largest_bytes: int
-
-
-@dataclass(frozen=True, slots=True)
-class JunkReviewMeasurement:
-    reviewed_at: float  # unix time of the latest `junk-review --ack`
-    unreviewed: int  # Junk messages that arrived since (by UID)
-
-
-Measurement = (
-    TokenMeasurement
-    | FolderMeasurement
-    | OversizedMeasurement
-    | TlsMeasurement
-    | CredentialMeasurement
-    | JunkReviewMeasurement
-)
+__all__ = [
+    "CHECKS",
+    "CheckSpec",
+    "CredentialMeasurement",
+    "FolderMeasurement",
+    "FolderMemory",
+    "JunkReviewMeasurement",
+    "Measurement",
+    "OversizedMeasurement",
+    "RunContext",
+    "TlsMeasurement",
+    "TokenMeasurement",
+]
 
 
 class FolderMemory:
@@ -142,6 +115,7 @@ CheckFunc = Callable[[RunContext], None]
 class CheckSpec:
     run: CheckFunc
     needs: str | None  # the check that must have passed in this run first
+    default: bool = True  # enabled when a mailbox lists no `checks` (smtp_login is opt-in)
 
 
 def _table() -> dict[str, CheckSpec]:
@@ -153,8 +127,10 @@ def _table() -> dict[str, CheckSpec]:
         "inbox": CheckSpec(inbox.check_inbox, needs="imap_login"),
         "oversized": CheckSpec(oversized.check_oversized, needs="imap_login"),
         "junk": CheckSpec(junk.check_junk, needs="imap_login"),
-        "smtp_login": CheckSpec(smtp_login.check_smtp_login, needs="token"),
+        "smtp_login": CheckSpec(smtp_login.check_smtp_login, needs="token", default=False),
     }
 
 
+# The one list of checks: their names and order, what each needs, the default set. The config
+# loader validates a mailbox's `checks` against it (exporter.config.check_table()).
 CHECKS: dict[str, CheckSpec] = _table()

@@ -33,11 +33,12 @@ from dataclasses import dataclass, field
 import trustme
 
 from tests.faults.loop import run
+from tests.faults.tls_relay import LINE_LIMIT, TlsRelay
 
 KINDS = ("pass", "refuse", "silent", "hang", "trickle", "garbage", "literal", "drop", "rewrite")
 GARBAGE = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 \xff\xfeHTTP/1.1 400 Bad Request\r\n"
 _LITERAL_RE = re.compile(rb"\{(\d+)\+?\}\r\n$")
-_LINE_LIMIT = 2**20
+_LINE_LIMIT = LINE_LIMIT
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ async def _read_logical_line(reader: asyncio.StreamReader) -> bytes:
     return out
 
 
-class ImapFaultProxy:
+class ImapFaultProxy(TlsRelay):
     """`host:port` speaks IMAPS with a certificate from `ca` for `names`; relays to upstream."""
 
     def __init__(
@@ -95,82 +96,32 @@ class ImapFaultProxy:
         names: tuple[str, ...] = ("127.0.0.1",),
         host: str = "127.0.0.1",
     ) -> None:
-        self.host = host
-        self.upstream = (upstream_host, upstream_port)
-        self._server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert(*names).configure_cert(self._server_ctx)
-        self._client_ctx = ssl.create_default_context()
-        ca.configure_trust(self._client_ctx)
+        super().__init__(ca, upstream_host, upstream_port, names=names, host=host)
         self._fault = ImapFault()
-        self._server: asyncio.Server | None = None
-        self._port = 0
-        self._live: dict[asyncio.Task[None], _Session] = {}
-        self.accepted = 0
         self.literal_bytes_sent = 0
 
     # -- control (from test code) -----------------------------------------------------------
     @property
-    def port(self) -> int:
-        return self._port
-
-    @property
     def fault(self) -> ImapFault:
         return self._fault
-
-    def start(self) -> ImapFaultProxy:
-        run(self._listen())
-        return self
-
-    def stop(self) -> None:
-        run(self._stop())
 
     def set_fault(self, kind: str, **options: object) -> None:
         """Switch to a fault (see the module docstring); `pass` removes it."""
         run(self._switch(ImapFault(kind, **options)))  # type: ignore[arg-type]
 
     # -- the event loop side ----------------------------------------------------------------
-    async def _listen(self) -> None:
-        self._server = await asyncio.start_server(
-            self._accept, self.host, self._port, ssl=self._server_ctx, limit=_LINE_LIMIT,
-            reuse_address=True, ssl_handshake_timeout=5,
-        )
-        self._port = self._server.sockets[0].getsockname()[1]
-
-    async def _close_listener(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-
-    async def _stop(self) -> None:
-        await self._close_listener()
-        await self._drop_sessions(everything=True)
-
     async def _switch(self, fault: ImapFault) -> None:
         self._fault = fault
-        await self._drop_sessions(everything=False)
+        # Close the sessions accepted under a fault (a hung one never outlives it).
+        await self._drop_sessions(lambda session: session.fault.kind != "pass")
         if fault.kind == "refuse":
             await self._close_listener()
         elif self._server is None:
             await self._listen()
 
-    async def _drop_sessions(self, everything: bool) -> None:
-        """Close the sessions accepted under a fault; they end as the client sees EOF."""
-        doomed = [t for t, s in self._live.items() if everything or s.fault.kind != "pass"]
-        for task in doomed:
-            for writer in self._live[task].writers:
-                writer.close()
-        if doomed:
-            _done, stuck = await asyncio.wait(doomed, timeout=2)
-            for task in stuck:
-                task.cancel()
-
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.accepted += 1
-        task = asyncio.current_task()
-        assert task is not None
         session = _Session(self._fault, writers=[writer])
-        self._live[task] = session
+        task = self._track(session)
         try:
             await self._serve(session, reader, writer)
         except (OSError, asyncio.IncompleteReadError, ssl.SSLError, ValueError):

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import trustme
 
 from tests.faults.loop import run
+from tests.faults.tls_relay import LINE_LIMIT, TlsRelay
 
 __all__ = [
     "EXCHANGE_CAPABILITIES",
@@ -69,7 +70,7 @@ _LITERAL_RE = re.compile(rb"\{(\d+)\+?\}\r\n$")
 _CAPABILITY_CODE_RE = re.compile(rb"\[CAPABILITY [^\]]*\]")
 _LIST_RE = re.compile(rb"^(\* (?:X?LIST|LSUB) \()([^)]*)(\).*)$", re.DOTALL)
 _UNTAGGED_NUMBERED_RE = re.compile(rb"^\* (\d+) (FETCH|EXPUNGE|EXISTS)\b", re.IGNORECASE)
-_LINE_LIMIT = 2**20
+_LINE_LIMIT = LINE_LIMIT
 
 
 @dataclass
@@ -104,7 +105,7 @@ async def _read_logical_line(reader: asyncio.StreamReader) -> tuple[bytes, bytes
     return first, rest
 
 
-class ExchangeImapRelay:
+class ExchangeImapRelay(TlsRelay):
     """`host:port` speaks IMAPS with a certificate from `ca` for `names`; relays to Dovecot."""
 
     def __init__(
@@ -119,37 +120,17 @@ class ExchangeImapRelay:
     ) -> None:
         if personality not in ("exchange", "dovecot"):
             raise ValueError(f"unknown personality {personality!r}")
-        self.host = host
+        super().__init__(ca, upstream_host, upstream_port, names=names, host=host)
         self.personality = personality
-        self.upstream = (upstream_host, upstream_port)
-        self._server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert(*names).configure_cert(self._server_ctx)
-        self._client_ctx = ssl.create_default_context()
-        ca.configure_trust(self._client_ctx)
         self._mode = "normal"
-        self._server: asyncio.Server | None = None
-        self._port = 0
-        self._live: dict[asyncio.Task[None], _Session] = {}
-        self.accepted = 0
         # (kind, command it arrived in) -> count; kind is FETCH, EXPUNGE or EXISTS.
         self.unsolicited: Counter[tuple[str, str]] = Counter()
         self.commands: Counter[str] = Counter()  # command name -> count, all sessions
 
     # -- control (from test code) -----------------------------------------------------------
     @property
-    def port(self) -> int:
-        return self._port
-
-    @property
     def mode(self) -> str:
         return self._mode
-
-    def start(self) -> ExchangeImapRelay:
-        run(self._listen())
-        return self
-
-    def stop(self) -> None:
-        run(self._stop())
 
     def set_mode(self, mode: str) -> None:
         """Switch the behaviour for sessions accepted from now on; live sessions are closed."""
@@ -162,40 +143,13 @@ class ExchangeImapRelay:
         self.commands.clear()
 
     # -- the event loop side ----------------------------------------------------------------
-    async def _listen(self) -> None:
-        self._server = await asyncio.start_server(
-            self._accept, self.host, self._port, ssl=self._server_ctx, limit=_LINE_LIMIT,
-            reuse_address=True, ssl_handshake_timeout=5,
-        )  # fmt: skip
-        self._port = self._server.sockets[0].getsockname()[1]
-
-    async def _stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        await self._drop_sessions()
-
     async def _switch(self, mode: str) -> None:
         self._mode = mode
-        await self._drop_sessions()
-
-    async def _drop_sessions(self) -> None:
-        tasks = list(self._live)
-        for task in tasks:
-            for writer in self._live[task].writers:
-                writer.close()
-        if tasks:
-            _done, stuck = await asyncio.wait(tasks, timeout=2)
-            for task in stuck:
-                task.cancel()
+        await self._drop_sessions(lambda _session: True)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.accepted += 1
-        task = asyncio.current_task()
-        assert task is not None
         session = _Session(self._mode, self.personality, writers=[writer])
-        self._live[task] = session
+        task = self._track(session)
         try:
             up_reader, up_writer = await asyncio.open_connection(
                 *self.upstream, ssl=self._client_ctx, limit=_LINE_LIMIT
