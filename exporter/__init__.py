@@ -20,14 +20,19 @@ def revision() -> str:
         pass
     git = Path(__file__).resolve().parent.parent / ".git"
     try:
+        if git.is_file():  # a worktree or submodule: `gitdir: PATH`
+            git = (git.parent / git.read_text().strip().removeprefix("gitdir: ")).resolve()
+        common = git
+        if (git / "commondir").is_file():  # a worktree's refs live in the main repository
+            common = (git / (git / "commondir").read_text().strip()).resolve()
         head = (git / "HEAD").read_text().strip()
         if head.startswith("ref: "):
             ref = head[5:]
-            ref_file = git / ref
+            ref_file = common / ref
             if ref_file.is_file():
                 head = ref_file.read_text().strip()
             else:
-                packed = (git / "packed-refs").read_text().splitlines()
+                packed = (common / "packed-refs").read_text().splitlines()
                 head = next((line.split()[0] for line in packed if line.endswith(" " + ref)), "")
         return head[:12] if len(head) >= 12 and all(c in "0123456789abcdef" for c in head) else ""
     except OSError:

@@ -161,6 +161,15 @@ def parse_properties(text: str) -> list[Property]:
     return properties
 
 
+def _reads_as_false(value: str) -> str:
+    """What ESM makes of a switch that is not true/false. The value is quoted only when it is
+    one short word (`yes`, `on`): a backslash continuation can pull the next line, a password
+    line too, into a switch's value."""
+    if re.fullmatch(r"[A-Za-z0-9_-]{1,12}", value):
+        return f"ESM reads {value!r} as false"
+    return "ESM reads anything but true as false"
+
+
 def _looks_like_a_value(prop: Property) -> bool:
     """A line that holds a bare value (a GUID, a URL, a list of scopes) rather than a
     `key=value`: one word, no `=`, and a `:` only in `://`."""
@@ -339,9 +348,7 @@ def build_snippet(
         if key in props:
             value = props[key].value.strip().lower()
             if value not in _BOOLEANS:
-                problems.at(
-                    props[key], f"must be true or false (ESM reads {props[key].value!r} as false)"
-                )
+                problems.at(props[key], f"must be true or false ({_reads_as_false(value)})")
             switches[key] = _BOOLEANS.get(value, False)
     legacy = switches.get("mail.oauth.enabled", False)
     store = switches.get("mail.store.oauth.enabled", legacy)

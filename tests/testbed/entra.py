@@ -25,6 +25,7 @@ import secrets
 import socket
 import ssl
 import string
+import sys
 import tempfile
 import threading
 import time
@@ -453,6 +454,10 @@ class _TLSServer(http.server.ThreadingHTTPServer):
             tls.close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that goes away mid-answer (the exporter shuts an overrunning request's
+        # socket on purpose) is no bug of the fake: only other exceptions are recorded.
+        if isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLEOFError, TimeoutError)):
+            return
         self.entra._record_server_error(traceback.format_exc())
 
 
