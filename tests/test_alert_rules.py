@@ -32,6 +32,7 @@ from tests.helpers_prometheus import (
     dashboard_queries,
     shorten_for,
 )
+from tests.markdown import anchors
 from tests.testbed import make_message
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,16 +65,8 @@ def recorded_names() -> set[str]:
     }
 
 
-def github_anchor(heading: str) -> str:
-    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
-
-
 def runbook_anchors() -> set[str]:
-    return {
-        github_anchor(line.lstrip("#"))
-        for line in RUNBOOK.read_text().splitlines()
-        if line.startswith("#")
-    }
+    return anchors(RUNBOOK)
 
 
 def run(*argv: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:

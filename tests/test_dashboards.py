@@ -33,6 +33,7 @@ from tests.helpers_prometheus import (
     dashboard_queries,
     grafana_to_promql,
 )
+from tests.markdown import anchors
 from tests.testbed import make_message
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,16 +59,8 @@ def panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
     return [p for p in dashboard_panels(dashboard) if p["type"] != "row"]
 
 
-def github_anchor(heading: str) -> str:
-    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
-
-
 def runbook_anchors() -> set[str]:
-    return {
-        github_anchor(line.lstrip("#"))
-        for line in RUNBOOK.read_text().splitlines()
-        if line.startswith("#")
-    }
+    return anchors(RUNBOOK)
 
 
 def all_links(dashboard: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

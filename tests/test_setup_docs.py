@@ -30,6 +30,7 @@ from exporter.admin import doctor, esm_import
 from exporter.config import AuthConfig, Endpoint, Folders, MailboxConfig, load_config
 from exporter.failures import AADSTS, REASONS
 from exporter.smtp import SMTP_HINTS
+from tests.markdown import anchors
 
 ROOT = Path(__file__).resolve().parent.parent
 SETUP = ROOT / "docs" / "setup.md"
@@ -363,25 +364,6 @@ def test_the_service_principal_is_created_with_the_enterprise_applications_objec
 
 
 # -- links ---------------------------------------------------------------------------------------
-
-
-def slug(heading: str) -> str:
-    """GitHub's anchor for a heading: lower case, punctuation dropped, blanks to hyphens."""
-    text = re.sub(r"[`*]|\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip()).lower()
-    text = re.sub(r"[^\w\- ]", "", text)
-    return text.replace(" ", "-")
-
-
-def anchors(path: Path) -> set[str]:
-    text = re.sub(r"^```.*?^```", "", path.read_text(), flags=re.M | re.S)
-    found: set[str] = set()
-    for heading in re.findall(r"^#{1,6} (.+)$", text, flags=re.M):
-        base = slug(heading)
-        name, n = base, 1
-        while name in found:
-            name, n = f"{base}-{n}", n + 1
-        found.add(name)
-    return found
 
 
 @pytest.mark.parametrize("doc", LINKED_DOCS, ids=lambda p: p.name)

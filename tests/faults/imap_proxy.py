@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,11 +32,16 @@ from dataclasses import dataclass, field
 import trustme
 
 from tests.faults.loop import run
-from tests.faults.tls_relay import LINE_LIMIT, TlsRelay
+from tests.faults.tls_relay import (
+    LINE_LIMIT,
+    LITERAL_RE,
+    TlsRelay,
+    command_name,
+    read_logical_line,
+)
 
 KINDS = ("pass", "refuse", "silent", "hang", "trickle", "garbage", "literal", "drop", "rewrite")
 GARBAGE = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 \xff\xfeHTTP/1.1 400 Bad Request\r\n"
-_LITERAL_RE = re.compile(rb"\{(\d+)\+?\}\r\n$")
 _LINE_LIMIT = LINE_LIMIT
 
 
@@ -60,28 +64,6 @@ class _Session:
     pending: dict[bytes, str] = field(default_factory=dict)  # tag -> command
     current: str = ""
     writers: list[asyncio.StreamWriter] = field(default_factory=list)
-
-
-def _command_name(line: bytes) -> tuple[bytes, str] | None:
-    """(tag, command) of a client command line; None for a continuation (SASL data...)."""
-    words = line.split()
-    if len(words) < 2 or not words[0].isalnum():
-        return None
-    name = words[1].decode("ascii", "replace").upper()
-    if name == "UID" and len(words) > 2:
-        name = words[2].decode("ascii", "replace").upper()
-    return words[0], name
-
-
-async def _read_logical_line(reader: asyncio.StreamReader) -> bytes:
-    """One line with any literals it announces (`{n}` then n bytes, then the line goes on)."""
-    data = await reader.readline()
-    out = data
-    while data and (match := _LITERAL_RE.search(data)):
-        out += await reader.readexactly(int(match.group(1)))
-        data = await reader.readline()
-        out += data
-    return out
 
 
 class ImapFaultProxy(TlsRelay):
@@ -162,13 +144,13 @@ class ImapFaultProxy(TlsRelay):
             line = await reader.readline()
             if not line:
                 return
-            parsed = _command_name(line)
+            parsed = command_name(line)
             if parsed is not None:
                 tag, name = parsed
                 session.pending[tag] = name
                 session.current = name
             up.write(line)
-            while match := _LITERAL_RE.search(line):
+            while match := LITERAL_RE.search(line):
                 up.write(await reader.readexactly(int(match.group(1))))
                 line = await reader.readline()
                 up.write(line)
@@ -180,7 +162,8 @@ class ImapFaultProxy(TlsRelay):
         fault = session.fault
         rewritten: list[bytes] = []
         while True:
-            line = await _read_logical_line(up)
+            first, rest = await read_logical_line(up)
+            line = first + rest
             if not line:
                 return
             tag = line.split(b" ", 1)[0]

@@ -2,12 +2,14 @@
 certificate from the bed's CA), the sessions it relays, and closing them on a switch.
 
 A relay subclasses `TlsRelay` and writes `_accept(reader, writer)`: it registers its session
-with `_track()` and relays to `self.upstream` with `self._client_ctx`.
+with `_track()` and relays to `self.upstream` with `self._client_ctx`. `command_name()` and
+`read_logical_line()` read IMAP the way both relays need it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from collections.abc import Callable
 from typing import Any, Protocol, Self
@@ -17,6 +19,32 @@ import trustme
 from tests.faults.loop import run
 
 LINE_LIMIT = 2**20  # one IMAP line, literals excluded
+LITERAL_RE = re.compile(rb"\{(\d+)\+?\}\r\n$")  # a line announcing a literal of n bytes
+
+
+def command_name(line: bytes) -> tuple[bytes, str] | None:
+    """(tag, command) of a client command line (`UID FETCH` is `FETCH`); None for a
+    continuation (SASL data ...)."""
+    words = line.split()
+    if len(words) < 2 or not words[0].isalnum():
+        return None
+    name = words[1].decode("ascii", "replace").upper()
+    if name == "UID" and len(words) > 2:
+        name = words[2].decode("ascii", "replace").upper()
+    return words[0], name
+
+
+async def read_logical_line(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """(first line, the rest: the literals it announces and the lines that go on after them),
+    read byte-exact."""
+    first = await reader.readline()
+    rest = b""
+    data = first
+    while data and (match := LITERAL_RE.search(data)):
+        rest += await reader.readexactly(int(match.group(1)))
+        data = await reader.readline()
+        rest += data
+    return first, rest
 
 
 class Session(Protocol):

@@ -41,7 +41,13 @@ from dataclasses import dataclass, field
 import trustme
 
 from tests.faults.loop import run
-from tests.faults.tls_relay import LINE_LIMIT, TlsRelay
+from tests.faults.tls_relay import (
+    LINE_LIMIT,
+    LITERAL_RE,
+    TlsRelay,
+    command_name,
+    read_logical_line,
+)
 
 __all__ = [
     "EXCHANGE_CAPABILITIES",
@@ -66,7 +72,6 @@ NOT_CONNECTED = b"BAD User is authenticated but not connected."
 MODES = ("normal", "refuse_token", "not_connected")
 SPECIAL_USE = (b"\\All", b"\\Archive", b"\\Drafts", b"\\Flagged", b"\\Junk", b"\\Sent", b"\\Trash")
 
-_LITERAL_RE = re.compile(rb"\{(\d+)\+?\}\r\n$")
 _CAPABILITY_CODE_RE = re.compile(rb"\[CAPABILITY [^\]]*\]")
 _LIST_RE = re.compile(rb"^(\* (?:X?LIST|LSUB) \()([^)]*)(\).*)$", re.DOTALL)
 _UNTAGGED_NUMBERED_RE = re.compile(rb"^\* (\d+) (FETCH|EXPUNGE|EXISTS)\b", re.IGNORECASE)
@@ -80,29 +85,6 @@ class _Session:
     pending: dict[bytes, bytes] = field(default_factory=dict)  # tag -> command line
     authenticated: bool = False
     writers: list[asyncio.StreamWriter] = field(default_factory=list)
-
-
-def _tag_and_name(line: bytes) -> tuple[bytes, str] | None:
-    """(tag, command) of a client command line (`UID FETCH` is `FETCH`); None for SASL data."""
-    words = line.split()
-    if len(words) < 2 or not words[0].isalnum():
-        return None
-    name = words[1].decode("ascii", "replace").upper()
-    if name == "UID" and len(words) > 2:
-        name = words[2].decode("ascii", "replace").upper()
-    return words[0], name
-
-
-async def _read_logical_line(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
-    """(first line, the rest: literals and continuation lines), read byte-exact."""
-    first = await reader.readline()
-    rest = b""
-    data = first
-    while data and (match := _LITERAL_RE.search(data)):
-        rest += await reader.readexactly(int(match.group(1)))
-        data = await reader.readline()
-        rest += data
-    return first, rest
 
 
 class ExchangeImapRelay(TlsRelay):
@@ -185,7 +167,7 @@ class ExchangeImapRelay(TlsRelay):
             first = await reader.readline()
             if not first:
                 return
-            parsed = _tag_and_name(first)
+            parsed = command_name(first)
             if parsed is not None:
                 tag, name = parsed
                 self.commands[name] += 1
@@ -205,7 +187,7 @@ class ExchangeImapRelay(TlsRelay):
             up.write(first)
             await up.drain()
             line = first
-            while match := _LITERAL_RE.search(line):
+            while match := LITERAL_RE.search(line):
                 up.write(await reader.readexactly(int(match.group(1))))
                 line = await reader.readline()
                 up.write(line)
@@ -226,7 +208,7 @@ class ExchangeImapRelay(TlsRelay):
     ) -> None:
         greeted = False
         while True:
-            first, rest = await _read_logical_line(up)
+            first, rest = await read_logical_line(up)
             if not first:
                 return
             if not greeted:
@@ -239,7 +221,7 @@ class ExchangeImapRelay(TlsRelay):
             tag = first.split(b" ", 1)[0]
             command = session.pending.pop(tag, None) if tag not in (b"*", b"+") else None
             if command is not None:
-                name = (_tag_and_name(command) or (b"", ""))[1]
+                name = (command_name(command) or (b"", ""))[1]
                 if name == "AUTHENTICATE" and first.split()[1:2] == [b"OK"]:
                     session.authenticated = True
                 first = self._rewrite_tagged(session, tag, name, first)
@@ -258,7 +240,7 @@ class ExchangeImapRelay(TlsRelay):
         kind = match.group(2).upper().decode()
         requests = list(session.pending.values())
         request = requests[-1] if requests else b""
-        name = (_tag_and_name(request) or (b"", "(between commands)"))[1]
+        name = (command_name(request) or (b"", "(between commands)"))[1]
         if kind == "EXPUNGE":
             unsolicited = True
         elif kind == "EXISTS":
@@ -274,7 +256,7 @@ class ExchangeImapRelay(TlsRelay):
         if session.personality != "exchange" or not line.upper().startswith(b"* CAPABILITY "):
             return False
         requests = list(session.pending.values())
-        return bool(requests) and (_tag_and_name(requests[-1]) or (b"", ""))[1] == "AUTHENTICATE"
+        return bool(requests) and (command_name(requests[-1]) or (b"", ""))[1] == "AUTHENTICATE"
 
     def _rewrite_untagged(self, session: _Session, line: bytes) -> bytes:
         if session.personality != "exchange":
