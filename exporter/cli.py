@@ -382,8 +382,7 @@ def run_check(config: Config, mailbox_name: str | None, output: str, force: bool
     watchdog = Watchdog()
 
     def run_one(mailbox: MailboxConfig) -> list[CheckResult]:
-        runner = MailboxRunner(mailbox, config.state_dir, watchdog)
-        runner.force = force
+        runner = MailboxRunner(mailbox, config.state_dir, watchdog, force=force)
         return runner.run(lambda _r: None)
 
     with ThreadPoolExecutor(max_workers=min(8, len(mailboxes))) as pool:

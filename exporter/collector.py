@@ -23,7 +23,6 @@ from exporter.runner import runnable_checks
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BUILD_LABELS = (__version__, revision(), platform.python_version())
-_LATEST = LATEST
 
 
 # name -> (type, help, labels), in exposition order: the families of a mailbox's runs here, then
@@ -32,17 +31,17 @@ _LATEST = LATEST
 FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "o365_mailbox_up": (
         "gauge",
-        "1 when every enabled check passed in its latest run." + _LATEST,
+        "1 when every enabled check passed in its latest run." + LATEST,
         ("mailbox",),
     ),
     "o365_mailbox_check_success": (
         "gauge",
-        "1 if the check passed in its latest run, else 0." + _LATEST,
+        "1 if the check passed in its latest run, else 0." + LATEST,
         ("mailbox", "check"),
     ),
     "o365_mailbox_check_duration_seconds": (
         "gauge",
-        "Wall time of the check's latest run." + _LATEST,
+        "Wall time of the check's latest run." + LATEST,
         ("mailbox", "check"),
     ),
     "o365_mailbox_check_last_run_timestamp_seconds": (
@@ -57,7 +56,7 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
     "o365_mailbox_check_consecutive_failures": (
         "gauge",
-        "Failed runs of the check in a row; 0 after a pass." + _LATEST,
+        "Failed runs of the check in a row; 0 after a pass." + LATEST,
         ("mailbox", "check"),
     ),
     "o365_mailbox_check_interval_seconds": (

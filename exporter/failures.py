@@ -172,6 +172,7 @@ _AADSTS_RE = re.compile(r"AADSTS(\d+)")
 # absolute paths are read segment by segment (a long run inside one is still redacted), so that
 # `https://login.microsoftonline.com/contoso/oauth2/v2.0/token` or a state file's path stays.
 _LONG_RUN = r"[A-Za-z0-9_\-.+=~/]{40,}"
+REDACTED = "<redacted>"
 _SECRET_SEGMENT_RE = re.compile(r"[A-Za-z0-9_\-.+=~]{40,}")
 _SCRUB_RE = re.compile(
     r"(?P<key>\b[a-z_][a-z0-9_]{0,31}=)(?=/)|"  # logfmt's `path=/var/lib/...`: the path stays
@@ -194,9 +195,6 @@ def _tokenish_segment(match: re.Match[str]) -> str:
     run = match.group(0)
     mixed = any(c.isupper() for c in run) and any(c.islower() for c in run)
     return REDACTED if mixed and any(c.isdigit() for c in run) else run
-
-
-REDACTED = "<redacted>"
 
 
 def scrub(text: str) -> str:

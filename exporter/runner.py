@@ -71,14 +71,17 @@ class MailboxRunner:
         state_dir: Path,
         watchdog: Watchdog,
         clock: Clock = time.time,
+        *,
+        force: bool = False,
     ) -> None:
+        """`force` (`check --force`): try a sign-in the credential backoff holds back."""
         self.mailbox = mailbox
         self.state_dir = state_dir
         self.watchdog = watchdog
         self.clock = clock
         self.backoff = BackoffStore(state_dir, mailbox.name)
         self.folders = FolderMemory()  # Junk and Sent found once per config, not per run
-        self.force = False  # `check --force`: try a held-back sign-in anyway
+        self.force = force
         self._auth: MailboxAuth | None = None
         self._tls: ssl.SSLContext | None = None
 

@@ -30,8 +30,6 @@ class _Entry:
 
 # After a start or reload, first runs start at most this many per second.
 FIRST_RUNS_PER_SECOND = 10.0
-# How often a mailbox whose config changed looks again whether the old config's run has ended.
-_WAIT_FOR_OLD_RUN = 0.05
 
 
 class Scheduler:
@@ -49,6 +47,9 @@ class Scheduler:
         # Mailboxes with a run going, by name: a run started under an older config counts too,
         # so a mailbox never runs twice at once (one token cache, one IMAP login at a time).
         self._running: set[str] = set()
+        # First runs of a changed config that wait for the old config's run: name -> generation.
+        # The old run's end puts them on the heap.
+        self._waiting: dict[str, int] = {}
         self._heap: list[tuple[float, int, str]] = []  # (due monotonic, generation, mailbox)
         self._cond = threading.Condition()
         self._stopping = False
@@ -116,7 +117,7 @@ class Scheduler:
                 mailbox = entry.runner.mailbox
                 if name in self._running and entry.first_due:
                     # The first run under a new config waits for the old config's run to end.
-                    heapq.heappush(self._heap, (now + _WAIT_FOR_OLD_RUN, generation, name))
+                    self._waiting[name] = generation
                     continue
                 entry.first_due = False
                 next_due = max(due + mailbox.interval, now)
@@ -173,6 +174,9 @@ class Scheduler:
         finally:
             with self._cond:
                 self._running.discard(name)
+                waiting = self._waiting.pop(name, None)
+                if waiting is not None:
+                    heapq.heappush(self._heap, (time.monotonic(), waiting, name))
                 self._cond.notify_all()
 
 
