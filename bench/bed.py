@@ -239,6 +239,8 @@ class BenchBed:
         kept alive between runs, and when it is gone (the server closed it while idle: each
         run then opens a new one, as the fake Entra ID's 30 s idle timeout makes every run
         at a 60 s interval do)."""
+        from exporter.auth import drop_idle_connections
+
         runner = self._runner(name, "conn")
         found: dict[str, float] = {}
         for label, reconnect in (("kept alive", False), ("new connection", True)):
@@ -246,7 +248,7 @@ class BenchBed:
             for _ in range(runs):
                 time.sleep(pause)
                 if reconnect:
-                    runner.auth.session.close()
+                    drop_idle_connections()
                 began = time.thread_time()
                 runner.run(lambda _result: None)
                 samples.append(time.thread_time() - began)

@@ -13,6 +13,7 @@ a server error), so that the code and the hint point at what to fix.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 import time
@@ -25,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter.auth import MailboxAuth
+from exporter.auth import MailboxAuth, drop_idle_connections
 from exporter.config import MailboxConfig, load_config
 from exporter.failures import CheckFailed
 from exporter.results import CheckResult
@@ -57,15 +58,20 @@ def authority(entra: Any, ca: Any) -> Iterator[AuthorityFaultProxy]:
         proxy.stop()
 
 
-@pytest.fixture
-def victim(entra: Any, tmp_path: Path) -> Victim:
+def add_victim(entra: Any, directory: Path) -> Victim:
+    directory.mkdir(parents=True, exist_ok=True)
     upn = f"drip-{uuid.uuid4().hex[:8]}@contoso.onmicrosoft.com"
     client_id = str(uuid.uuid4())
     secret = f"Secret-{uuid.uuid4().hex}"
     entra.add_user(upn, f"Pw-{uuid.uuid4().hex}")
     entra.add_app(client_id, public_client=False, client_secret=secret, mailbox=upn)
-    write_secret(tmp_path / "victim.secret", secret)
-    return Victim(upn, client_id, tmp_path / "victim.secret")
+    write_secret(directory / "victim.secret", secret)
+    return Victim(upn, client_id, directory / "victim.secret")
+
+
+@pytest.fixture
+def victim(entra: Any, tmp_path: Path) -> Victim:
+    return add_victim(entra, tmp_path)
 
 
 def write_victim_config(
@@ -157,6 +163,72 @@ def test_trickling_discovery_ends_at_the_deadline(
     authority.set_fault("pass")
     _, results = timed_run(runner)
     assert [(r.check, r.success) for r in results] == [("token", True)]
+
+
+# --- one connection pool per authority, shared by every mailbox --------------------------------
+
+
+def _two_runners(
+    entra: Any, authority: AuthorityFaultProxy, tmp_path: Path
+) -> tuple[MailboxRunner, MailboxRunner]:
+    """Two mailboxes of one config (one state_dir) at the authority."""
+    watchdog = Watchdog()
+    runners = []
+    for name in ("a", "b"):
+        directory = tmp_path / name
+        mailbox = in_process_mailbox(directory, entra, add_victim(entra, directory), authority.url)
+        mailbox = dataclasses.replace(mailbox, name=name)
+        runners.append(MailboxRunner(mailbox, tmp_path / "state", watchdog))
+    return runners[0], runners[1]
+
+
+@pytest.mark.timeout(60)
+def test_mailboxes_share_one_kept_alive_connection_to_the_authority(
+    entra: Any, authority: AuthorityFaultProxy, tmp_path: Path
+) -> None:
+    """Two mailboxes of one authority refresh over one TLS connection (1,000 mailboxes held
+    1,000 connections, and at a 60 s interval each refresh made a new one). One mailbox's
+    abort (the watchdog ends its IMAP step) leaves the pooled connection to the other."""
+    drop_idle_connections()
+    a, b = _two_runners(entra, authority, tmp_path)
+    before = authority.connections
+    for runner in (a, b, a, b):
+        _, results = timed_run(runner)
+        assert [(r.check, r.success) for r in results] == [("token", True)]
+    a.auth.abort()  # between requests: the connection is in the pool, not a's
+    _, results = timed_run(b)
+    assert [(r.check, r.success) for r in results] == [("token", True)]
+    _, results = timed_run(a)  # a's next run resumes
+    assert [(r.check, r.success) for r in results] == [("token", True)]
+    assert authority.connections - before == 1
+    assert [path.rsplit("/", 1)[-1] for _, path in authority.requests].count("token") == 6
+
+
+@pytest.mark.timeout(60)
+def test_a_kept_alive_connection_that_starts_trickling_ends_at_the_deadline(
+    entra: Any, authority: AuthorityFaultProxy, tmp_path: Path
+) -> None:
+    """The connection b's request takes from the pool was opened by a's: b's deadline still
+    shuts it, and a's next request gets a fresh connection and passes."""
+    drop_idle_connections()
+    a, b = _two_runners(entra, authority, tmp_path)
+    for runner in (a, b):
+        _, results = timed_run(runner)
+        assert [(r.check, r.success) for r in results] == [("token", True)]
+    _, results = timed_run(a)  # a opened nothing new: the connection in the pool is b's
+    before = authority.connections
+    authority.set_fault("trickle", keep_open=True)
+    elapsed, results = timed_run(b)
+    print(f"\ntrickling kept-alive connection: token result after {elapsed:.2f}s")
+    assert results, f"no token result within {GUARD}s"
+    assert elapsed < TIMEOUT + MARGIN
+    failure = results[0].failure
+    assert failure is not None and (failure.reason, failure.code) == ("timeout", "")
+    assert authority.connections == before  # the trickle came on the kept-alive connection
+    authority.set_fault("pass", keep_open=True)
+    _, results = timed_run(a)
+    assert [(r.check, r.success) for r in results] == [("token", True)]
+    assert authority.connections == before + 1
 
 
 def _token_runs(watch: Watch, since: float, until: float) -> list[Any]:

@@ -166,6 +166,7 @@ class AuthorityFaultProxy:
         self._port = 0
         self._lock = threading.Lock()
         self._open: set[ssl.SSLSocket] = set()
+        self.connections = 0  # TLS connections accepted, ever (a client's keep-alive reuse)
 
     @property
     def port(self) -> int:
@@ -197,13 +198,16 @@ class AuthorityFaultProxy:
             self._thread.join(5)
         self._close_open()
 
-    def set_fault(self, kind: str, **options: Any) -> None:
-        """Switch to a fault (see the module docstring); `pass` removes it."""
+    def set_fault(self, kind: str, *, keep_open: bool = False, **options: Any) -> None:
+        """Switch to a fault (see the module docstring); `pass` removes it. `keep_open`: the
+        client's kept-alive connections stay open and get the new fault on their next request
+        (a connection that was fine when the pool kept it, and goes bad)."""
         fault = AuthorityFault(kind, **options)
         self._released.set()  # silent handlers give up their connection
         self._released = threading.Event()
         self.fault = fault
-        self._close_open()
+        if not keep_open:
+            self._close_open()
         if kind == "refuse" and self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -215,6 +219,7 @@ class AuthorityFaultProxy:
         with self._lock:
             if opened:
                 self._open.add(sock)
+                self.connections += 1
             else:
                 self._open.discard(sock)
 
