@@ -23,7 +23,9 @@ from typing import Self
 
 import imapclient
 from imapclient import tls as imapclient_tls
+from imapclient.datetime_util import parse_to_datetime
 from imapclient.exceptions import IMAPClientError, LoginError
+from imapclient.response_parser import parse_fetch_response
 
 from exporter.auth import resolve
 from exporter.failures import CheckFailed, classify_transport, fail, first_line
@@ -475,7 +477,7 @@ class ImapSession:
         try:
             for attempt in range(_EXPUNGE_RETRIES + 1):
                 self._expunge_issued()  # forget a code left over from an earlier command
-                answer = self._call(step, client.fetch, sorted(wanted), list(items))
+                answer = self._call(step, _fetch_items, client, sorted(wanted), items)
                 issued = self._expunge_issued()
                 with _unparsable(step):
                     found = {
@@ -606,6 +608,81 @@ def _count(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"not a count: {value!r:.40}")
     return value
+
+
+# The FETCH answers to the exporter's own questions, in the one form servers send them:
+# `n (NAME VALUE ...)` where a value is a number, a quoted date or a list of flags. Read
+# directly, they cost a tenth of what imapclient's general lexer does (13 % of a run's CPU);
+# anything else (a literal, another item, an escape) goes to imapclient's parser.
+_QUICK_ITEMS = frozenset({b"INTERNALDATE", b"UID", b"RFC822.SIZE"})
+_FETCH_LINE = re.compile(rb"(\d+) \((.*)\)", re.DOTALL)
+_FETCH_ITEM = re.compile(rb' ?([A-Za-z0-9.]+) (?:(\d+)|"([^"\\]*)"|\(([^()"{}]*)\))')
+
+
+def _fetch_items(
+    client: imapclient.IMAPClient, ids: Sequence[int], items: Sequence[bytes]
+) -> dict[int, dict[bytes, object]]:
+    """imapclient's `fetch(ids, items)` (keyed by UID when `client.use_uid`), its answer read
+    by `_parse_fetch_quickly` when it can be."""
+    if not ids or not set(items) <= _QUICK_ITEMS:
+        answer: dict[int, dict[bytes, object]] = client.fetch(list(ids), list(items))
+        return answer
+    imap = client._imap
+    command = ["FETCH", ",".join(str(i) for i in ids), f"({' '.join(i.decode() for i in items)})"]
+    if client.use_uid:
+        command.insert(0, "UID")
+    tag = imap._command(*command)
+    typ, data = imap._command_complete("FETCH", tag)
+    client._checkok("fetch", typ, data)
+    typ, data = imap._untagged_response(typ, data, "FETCH")
+    quick = _parse_fetch_quickly(data, client.use_uid)
+    if quick is not None:
+        return quick
+    return dict(parse_fetch_response(data, client.normalise_times, client.use_uid))
+
+
+def _parse_fetch_quickly(
+    lines: list[object], uid_is_key: bool
+) -> dict[int, dict[bytes, object]] | None:
+    """imapclient's `parse_fetch_response(lines, normalise_times=False, uid_is_key)` for
+    answers of numbers, quoted dates and flag lists only; None for anything else."""
+    parsed: dict[int, dict[bytes, object]] = {}
+    if lines == [None]:
+        return parsed
+    for line in lines:
+        if not isinstance(line, bytes):
+            return None  # a literal
+        whole = _FETCH_LINE.fullmatch(line)
+        if whole is None:
+            return None
+        seq = int(whole.group(1))
+        key = seq
+        data: dict[bytes, object] = {b"SEQ": seq}
+        body = whole.group(2)
+        position = 0
+        while position < len(body):
+            item = _FETCH_ITEM.match(body, position)
+            if item is None or (position == 0 and body[:1] == b" "):
+                return None
+            position = item.end()
+            name, number, quoted, flags = item.groups()
+            name = name.upper()
+            if name == b"FLAGS" and flags is not None:
+                data[name] = tuple(flags.split())
+            elif name == b"INTERNALDATE" and quoted is not None:
+                try:
+                    data[name] = parse_to_datetime(quoted, normalise=False)
+                except ValueError:
+                    data[name] = None
+            elif name in (b"UID", b"RFC822.SIZE") and number is not None:
+                if name == b"UID" and uid_is_key:
+                    key = int(number)
+                else:
+                    data[name] = int(number)
+            else:
+                return None
+        parsed.setdefault(key, {}).update(data)
+    return parsed
 
 
 def _internaldate(item: object) -> datetime:
