@@ -222,7 +222,9 @@ class HttpSession(requests.Session):
         prepared = requests.PreparedRequest()
         prepared.method = method.upper()
         prepared.url = url
-        merged = requests.structures.CaseInsensitiveDict(self.headers)
+        merged: requests.structures.CaseInsensitiveDict[str] = (
+            requests.structures.CaseInsensitiveDict({k: str(v) for k, v in self.headers.items()})
+        )
         for name, value in (headers or {}).items():
             if value is None:
                 merged.pop(name, None)
