@@ -661,12 +661,14 @@ def targets(
         )
     many = results.get("m1000")
     if many:
-        ok = many.cpu_percent <= 15 and many.peak_rss_mib <= 150
         lines.append(
-            f"- 1,000 mailboxes at 60s: {many.cpu_percent:.1f}% of a core (target <= 15%), "
-            f"peak RSS {many.peak_rss_mib:.0f} MiB (target <= 150): {verdict(ok)}; "
-            f"per mailbox about {(many.peak_rss_mib - 50) / many.mailboxes:.3f} MiB above "
-            "a 50 MiB process"
+            f"- 1,000 mailboxes at 60s: {many.cpu_percent:.1f}% of a core (target <= 15%): "
+            f"{verdict(many.cpu_percent <= 15)}"
+        )
+        lines.append(
+            f"- 1,000 mailboxes: peak RSS {many.peak_rss_mib:.0f} MiB (target <= 150): "
+            f"{verdict(many.peak_rss_mib <= 150)}; per mailbox about "
+            f"{(many.peak_rss_mib - 50) / many.mailboxes:.3f} MiB above a 50 MiB process"
         )
         lines.append(
             f"- start-up: first runs of all 1,000 within {many.startup_seconds:.0f}s, "
