@@ -114,6 +114,18 @@ def timed_run(runner: MailboxRunner) -> tuple[float, list[CheckResult]]:
     return time.monotonic() - started, list(results)
 
 
+def assert_token_passed(results: list[CheckResult]) -> None:
+    assert [(r.check, r.success) for r in results] == [("token", True)]
+
+
+def assert_timed_out(elapsed: float, results: list[CheckResult]) -> None:
+    """The token step ended at its deadline, as a `timeout`."""
+    assert results, f"no token result within {GUARD}s"
+    assert elapsed < TIMEOUT + MARGIN
+    failure = results[0].failure
+    assert failure is not None and (failure.reason, failure.code) == ("timeout", "")
+
+
 def in_process_mailbox(tmp_path: Path, entra: Any, victim: Victim, url: str) -> MailboxConfig:
     config = write_victim_config(tmp_path, entra, victim, url, "60s", f"{TIMEOUT:g}s")
     return load_config(config).mailbox("victim")
@@ -126,21 +138,18 @@ def test_trickling_token_endpoint_ends_at_the_deadline(
     mailbox = in_process_mailbox(tmp_path, entra, victim, authority.url)
     runner = MailboxRunner(mailbox, tmp_path / "state", Watchdog())
     _, results = timed_run(runner)  # builds the application: discovery is done
-    assert [(r.check, r.success) for r in results] == [("token", True)]
+    assert_token_passed(results)
 
     authority.set_fault("trickle")
     authority.requests.clear()
     elapsed, results = timed_run(runner)
     print(f"\ntrickling token endpoint: token result after {elapsed:.2f}s (timeout {TIMEOUT}s)")
-    assert results, f"no token result within {GUARD}s"
-    assert elapsed < TIMEOUT + MARGIN
-    failure = results[0].failure
-    assert failure is not None and (failure.reason, failure.code) == ("timeout", "")
+    assert_timed_out(elapsed, results)
     assert [path.rsplit("/", 1)[-1] for _, path in authority.requests] == ["token"]
 
     authority.set_fault("pass")
     _, results = timed_run(runner)  # fresh connections, the same application
-    assert [(r.check, r.success) for r in results] == [("token", True)]
+    assert_token_passed(results)
 
 
 @pytest.mark.timeout(60)
@@ -152,17 +161,14 @@ def test_trickling_discovery_ends_at_the_deadline(
     runner = MailboxRunner(mailbox, tmp_path / "state", Watchdog())  # discovery not done yet
     elapsed, results = timed_run(runner)
     print(f"\ntrickling OIDC discovery: token result after {elapsed:.2f}s (timeout {TIMEOUT}s)")
-    assert results, f"no token result within {GUARD}s"
-    assert elapsed < TIMEOUT + MARGIN
-    failure = results[0].failure
-    assert failure is not None and (failure.reason, failure.code) == ("timeout", "")
+    assert_timed_out(elapsed, results)
     assert [path for _, path in authority.requests] == [
         "/contoso.onmicrosoft.com/v2.0/.well-known/openid-configuration"
     ]
 
     authority.set_fault("pass")
     _, results = timed_run(runner)
-    assert [(r.check, r.success) for r in results] == [("token", True)]
+    assert_token_passed(results)
 
 
 # --- one connection pool per authority, shared by every mailbox --------------------------------
@@ -194,12 +200,12 @@ def test_mailboxes_share_one_kept_alive_connection_to_the_authority(
     before = authority.connections
     for runner in (a, b, a, b):
         _, results = timed_run(runner)
-        assert [(r.check, r.success) for r in results] == [("token", True)]
+        assert_token_passed(results)
     a.auth.abort()  # between requests: the connection is in the pool, not a's
     _, results = timed_run(b)
-    assert [(r.check, r.success) for r in results] == [("token", True)]
+    assert_token_passed(results)
     _, results = timed_run(a)  # a's next run resumes
-    assert [(r.check, r.success) for r in results] == [("token", True)]
+    assert_token_passed(results)
     assert authority.connections - before == 1
     assert [path.rsplit("/", 1)[-1] for _, path in authority.requests].count("token") == 6
 
@@ -214,20 +220,17 @@ def test_a_kept_alive_connection_that_starts_trickling_ends_at_the_deadline(
     a, b = _two_runners(entra, authority, tmp_path)
     for runner in (a, b):
         _, results = timed_run(runner)
-        assert [(r.check, r.success) for r in results] == [("token", True)]
+        assert_token_passed(results)
     _, results = timed_run(a)  # a opened nothing new: the connection in the pool is b's
     before = authority.connections
     authority.set_fault("trickle", keep_open=True)
     elapsed, results = timed_run(b)
     print(f"\ntrickling kept-alive connection: token result after {elapsed:.2f}s")
-    assert results, f"no token result within {GUARD}s"
-    assert elapsed < TIMEOUT + MARGIN
-    failure = results[0].failure
-    assert failure is not None and (failure.reason, failure.code) == ("timeout", "")
+    assert_timed_out(elapsed, results)
     assert authority.connections == before  # the trickle came on the kept-alive connection
     authority.set_fault("pass", keep_open=True)
     _, results = timed_run(a)
-    assert [(r.check, r.success) for r in results] == [("token", True)]
+    assert_token_passed(results)
     assert authority.connections == before + 1
 
 
