@@ -38,6 +38,7 @@ from bench.measure import (
     Process,
     Sample,
     SessionCount,
+    Sessions,
     free_port,
     http_get,
     median,
@@ -270,13 +271,7 @@ class Bench:
             result.peak_rss_mib = process.peak_rss_mib()
         finally:
             process.stop()
-        sessions = log.sessions(offset0, offset1, users)
-        result.runs = sessions.count
-        result.cpu_percent = 100 * (cpu1 - cpu0) / (ended - began)
-        if sessions.count:
-            result.cpu_ms_per_run = 1000 * (cpu1 - cpu0) / sessions.count
-            result.imap_in = sessions.bytes_in / sessions.count
-            result.imap_out = sessions.bytes_out / sessions.count
+        record_window(result, log.sessions(offset0, offset1, users), cpu1 - cpu0, ended - began)
 
     def _measure_schedule(
         self,
@@ -307,13 +302,7 @@ class Bench:
                 break
             time.sleep(min(scrape_every, left))
         cpu1, offset1, ended = exporter.cpu(), log.offset(), time.monotonic()
-        sessions = log.sessions(offset0, offset1, users)
-        result.runs = sessions.count
-        result.cpu_percent = 100 * (cpu1 - cpu0) / (ended - began)
-        if sessions.count:
-            result.cpu_ms_per_run = 1000 * (cpu1 - cpu0) / sessions.count
-            result.imap_in = sessions.bytes_in / sessions.count
-            result.imap_out = sessions.bytes_out / sessions.count
+        record_window(result, log.sessions(offset0, offset1, users), cpu1 - cpu0, ended - began)
         result.wall_ms = 1000 * median(list(walls.values()))
         result.notes.append(f"{scrapes} scrapes of /metrics in the window, every {scrape_every:g}s")
         last, _ = exporter.metrics()
@@ -428,6 +417,17 @@ class StartupSampler:
             self.last_at, self.last_cpu = now, cpu
         self.cpu = cpu
         self.elapsed = now - self.started
+
+
+def record_window(result: Result, sessions: Sessions, cpu: float, seconds: float) -> None:
+    """CPU per run and IMAP bytes per session over a window: `cpu` seconds of the process in
+    `seconds`, runs counted from Dovecot's log (`sessions`)."""
+    result.runs = sessions.count
+    result.cpu_percent = 100 * cpu / seconds
+    if sessions.count:
+        result.cpu_ms_per_run = 1000 * cpu / sessions.count
+        result.imap_in = sessions.bytes_in / sessions.count
+        result.imap_out = sessions.bytes_out / sessions.count
 
 
 def collect_walls(samples: list[Sample], walls: dict[tuple[str, float], float]) -> None:

@@ -641,8 +641,9 @@ def _shared_adapter() -> _SessionAdapter:
 
 def drop_idle_connections() -> None:
     """Close the kept-alive connections to every authority (the next requests reconnect)."""
-    _shared_adapter().poolmanager.clear()
-    for manager in list(_shared_adapter().proxy_manager.values()):
+    adapter = _shared_adapter()
+    adapter.poolmanager.clear()
+    for manager in list(adapter.proxy_manager.values()):
         manager.clear()
 
 

@@ -58,6 +58,32 @@ def write_secret(path: Path, value: str) -> None:
     path.chmod(0o600)
 
 
+def use_client_secret(
+    mailbox: Mailbox,
+    entra: Any,
+    secret_file: Path,
+    value: str,
+    *,
+    registered: str | None = None,
+    **auth: Any,
+) -> None:
+    """Make `mailbox` app-only with a client secret: a confidential app for its user whose
+    secret is `registered` (default `value`), `value` in `secret_file`, `auth` added."""
+    mailbox.client_id = str(uuid.uuid4())
+    entra.add_app(
+        mailbox.client_id,
+        public_client=False,
+        client_secret=value if registered is None else registered,
+        mailbox=mailbox.upn,
+    )
+    write_secret(secret_file, value)
+    mailbox.settings["auth"] = {
+        "flow": "client_secret",
+        "client_secret_file": str(secret_file),
+        **auth,
+    }
+
+
 @pytest.fixture
 def make_mailbox(entra, dovecot, tmp_path: Path):  # type: ignore[no-untyped-def]
     """Create a fresh mailbox (unique user, app and empty maildir) for one test."""
@@ -180,6 +206,15 @@ class ExporterProcess:
             for sample in family.samples:
                 samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
         return samples
+
+    def names_and_label_values(self) -> tuple[set[str], dict[str, set[str]]]:
+        """The sample names of one scrape, and every value each label takes in it."""
+        samples = self.metrics()
+        values: dict[str, set[str]] = {}
+        for _name, labels in samples:
+            for label, value in labels:
+                values.setdefault(label, set()).add(value)
+        return {name for name, _labels in samples}, values
 
     def value(self, name: str, **labels: str) -> float | None:
         return self.metrics().get((name, frozenset(labels.items())))

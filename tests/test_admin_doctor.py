@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import socket
-import uuid
 
 import pytest
 
-from tests.conftest import run_cli, write_config, write_secret
+from tests.conftest import run_cli, use_client_secret, write_config
 
 STEPS = [
     "secret",
@@ -95,12 +94,8 @@ def _no_consent(mailbox, entra, dovecot, tmp_path):
 
 
 def _wrong_client_secret(mailbox, entra, dovecot, tmp_path):
-    client_id = str(uuid.uuid4())
-    entra.add_app(client_id, public_client=False, client_secret="the-value", mailbox=mailbox.upn)
-    secret = tmp_path / "secret"
-    write_secret(secret, "the-secret-id-not-its-value")
-    mailbox.client_id = client_id
-    mailbox.settings["auth"] = {"flow": "client_secret", "client_secret_file": str(secret)}
+    use_client_secret(mailbox, entra, tmp_path / "secret", "the-secret-id-not-its-value",
+                      registered="the-value")
 
 
 def _imap_rejects_token(mailbox, entra, dovecot, tmp_path):

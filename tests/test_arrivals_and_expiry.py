@@ -7,7 +7,12 @@ from datetime import UTC, datetime
 
 from cryptography import x509
 
-from tests.conftest import check_json, results_by_check, write_config, write_secret
+from tests.conftest import (
+    check_json,
+    results_by_check,
+    use_client_secret,
+    write_config,
+)
 from tests.testbed import make_app_certificate, make_message
 
 
@@ -48,13 +53,8 @@ def test_arrivals_count_messages_delivered_between_runs(
 def test_credential_and_server_certificate_expiry(make_mailbox, entra, dovecot, tmp_path,
                                                   capsys):
     secret_box = make_mailbox("secretapp")
-    client_id = str(uuid.uuid4())
-    entra.add_app(client_id, public_client=False, client_secret="v4lue", mailbox=secret_box.upn)
-    secret_file = tmp_path / "secret"
-    write_secret(secret_file, "v4lue")
-    secret_box.client_id = client_id
-    secret_box.settings["auth"] = {"flow": "client_secret", "client_secret_file": str(secret_file),
-                                   "client_secret_expires": "2027-03-31"}
+    use_client_secret(secret_box, entra, tmp_path / "secret", "v4lue",
+                      client_secret_expires="2027-03-31")
 
     cert_box = make_mailbox("certapp")
     cert_client = str(uuid.uuid4())
@@ -97,14 +97,9 @@ def test_credential_and_server_certificate_expiry(make_mailbox, entra, dovecot, 
 
 def test_expiry_metrics_are_exposed(make_mailbox, entra, dovecot, tmp_path, exporter_process):
     mailbox = make_mailbox("box")
-    client_id = str(uuid.uuid4())
-    entra.add_app(client_id, public_client=False, client_secret="wrong-on-purpose-no",
-                  mailbox=mailbox.upn)
-    secret_file = tmp_path / "secret"
-    write_secret(secret_file, "expired-secret")  # the refresh fails: the expiry still shows
-    mailbox.client_id = client_id
-    mailbox.settings["auth"] = {"flow": "client_secret", "client_secret_file": str(secret_file),
-                                "client_secret_expires": "2026-11-01"}
+    # The refresh fails (another secret is registered): the expiry still shows.
+    use_client_secret(mailbox, entra, tmp_path / "secret", "expired-secret",
+                      registered="wrong-on-purpose-no", client_secret_expires="2026-11-01")
     mailbox.settings["smtp"] = {"host": "127.0.0.1", "port": dovecot.submission_port}
     config = write_config(tmp_path, entra, dovecot, [mailbox], interval="2s")
 

@@ -16,7 +16,14 @@ from exporter.failures import (
     DEVICE_CODE_EXPIRED_HINT,
     classify_token_error,
 )
-from tests.conftest import check_json, results_by_check, run_cli, write_config, write_secret
+from tests.conftest import (
+    check_json,
+    results_by_check,
+    run_cli,
+    use_client_secret,
+    write_config,
+    write_secret,
+)
 from tests.testbed import make_app_certificate
 
 
@@ -64,13 +71,8 @@ def test_revoked_refresh_token_falls_back_to_password(
 
 def test_client_secret_flow(make_mailbox, entra, dovecot, tmp_path, capsys):
     mailbox = make_mailbox("app")
-    client_id = str(uuid.uuid4())
-    entra.add_app(client_id, public_client=False, client_secret="s3cret-value",
-                  mailbox=mailbox.upn)
     secret_file = tmp_path / "client.secret"
-    write_secret(secret_file, "s3cret-value")
-    mailbox.client_id = client_id
-    mailbox.settings["auth"] = {"flow": "client_secret", "client_secret_file": str(secret_file)}
+    use_client_secret(mailbox, entra, secret_file, "s3cret-value")
     config = write_config(tmp_path, entra, dovecot, [mailbox])
     entra.reset_counters()
 
@@ -78,7 +80,7 @@ def test_client_secret_flow(make_mailbox, entra, dovecot, tmp_path, capsys):
     code, document = check_json(capsys, config)  # a cached app token does not count
 
     assert code == 0, document
-    assert entra.attempts(client_id=client_id, grant_type="client_credentials") == 2
+    assert entra.attempts(client_id=mailbox.client_id, grant_type="client_credentials") == 2
 
     write_secret(secret_file, "the-secret-id-not-its-value")
     _code, document = check_json(capsys, config)

@@ -15,7 +15,6 @@ import json
 import re
 import subprocess
 import sys
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import pytest
 import yaml
 
 from mixin import dashboards as mixin_dashboards
-from tests.conftest import write_config, write_secret
+from tests.conftest import use_client_secret, write_config
 from tests.helpers_prometheus import (
     ADMIN_DASHBOARD_FILE,
     DASHBOARD_FILE,
@@ -519,14 +518,9 @@ def test_every_metric_and_label_used_exists_in_the_exposition(
     )
     # App-only with a client secret and its expiry date, sending over SMTP too.
     app = make_mailbox("app")
-    app.client_id = str(uuid.uuid4())
-    entra.add_app(app.client_id, public_client=False, client_secret="v4lue", mailbox=app.upn)
-    write_secret(tmp_path / "app.secret", "v4lue")
-    app.settings["auth"] = {
-        "flow": "client_secret",
-        "client_secret_file": str(tmp_path / "app.secret"),
-        "client_secret_expires": "2031-01-31",
-    }
+    use_client_secret(
+        app, entra, tmp_path / "app.secret", "v4lue", client_secret_expires="2031-01-31"
+    )
     app.settings["smtp"] = {"host": "127.0.0.1", "port": dovecot.submission_port}
     app.settings["checks"] = ["token", "imap_login", "inbox", "oversized", "junk", "smtp_login"]
     failing = make_mailbox("failing")
@@ -563,13 +557,7 @@ def test_every_metric_and_label_used_exists_in_the_exposition(
         "o365_mailbox_tls_certificate_expiry_timestamp_seconds", mailbox="app", endpoint="smtp"
     )
     exporter.wait_for("o365_mailbox_check_consecutive_failures", mailbox="failing", check="token")
-    samples = exporter.metrics()
-
-    exposed = {name for name, _labels in samples}
-    label_values: dict[str, set[str]] = {}
-    for _name, labels in samples:
-        for label, value in labels:
-            label_values.setdefault(label, set()).add(value)
+    exposed, label_values = exporter.names_and_label_values()
 
     names, values, grouping = _used()
     recorded = _recorded_names()

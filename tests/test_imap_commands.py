@@ -45,22 +45,22 @@ class RecordingRelay(ExchangeImapRelay):
         return found
 
 
-@pytest.fixture(scope="module")
-def recorder(ca: Any, dovecot: Any) -> Iterator[RecordingRelay]:
-    relay = RecordingRelay(ca, "127.0.0.1", dovecot.port, personality="dovecot").start()
+def _relay(ca: Any, dovecot: Any, personality: str) -> Iterator[RecordingRelay]:
+    relay = RecordingRelay(ca, "127.0.0.1", dovecot.port, personality=personality).start()
     try:
         yield relay
     finally:
         relay.stop()
+
+
+@pytest.fixture(scope="module")
+def recorder(ca: Any, dovecot: Any) -> Iterator[RecordingRelay]:
+    yield from _relay(ca, dovecot, "dovecot")
 
 
 @pytest.fixture(scope="module")
 def exchange(ca: Any, dovecot: Any) -> Iterator[RecordingRelay]:
-    relay = RecordingRelay(ca, "127.0.0.1", dovecot.port, personality="exchange").start()
-    try:
-        yield relay
-    finally:
-        relay.stop()
+    yield from _relay(ca, dovecot, "exchange")
 
 
 def _runner(tmp_path: Path, entra: Any, dovecot: Any, mailbox: Any, port: int) -> MailboxRunner:

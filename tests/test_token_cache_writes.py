@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import pytest
 import exporter.auth
 from exporter.auth import MailboxAuth, token_cache
 from exporter.config import load_config
-from tests.conftest import write_config, write_secret
+from tests.conftest import use_client_secret, write_config
 
 
 class Writes:
@@ -71,12 +70,7 @@ def test_one_write_per_app_only_refresh(
 ) -> None:
     """Client credentials: the old app token's removal rides along with the new one's write."""
     mailbox = make_mailbox("appwrite")
-    client_id = str(uuid.uuid4())
-    entra.add_app(client_id, public_client=False, client_secret="s3cret", mailbox=mailbox.upn)
-    secret_file = tmp_path / "client.secret"
-    write_secret(secret_file, "s3cret")
-    mailbox.client_id = client_id
-    mailbox.settings["auth"] = {"flow": "client_secret", "client_secret_file": str(secret_file)}
+    use_client_secret(mailbox, entra, tmp_path / "client.secret", "s3cret")
     auth = _auth(tmp_path, entra, dovecot, mailbox)
     name = f"{mailbox.name}.json"
     for runs in range(1, 4):
