@@ -27,7 +27,8 @@ BUILD_LABELS = (__version__, revision(), platform.python_version())
 
 # name -> (type, help, labels), in exposition order: the families of a mailbox's runs here, then
 # those its checks measure (each declared beside its measurement). Counters are exposed with
-# the `_total` suffix: o365_mailbox_check_failures_total, ..._folder_arrived_messages_total.
+# the `_total` suffix: o365_mailbox_check_failures_total,
+# o365_mailbox_folder_arrived_messages_total.
 FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "o365_mailbox_up": (
         "gauge",
